@@ -1,0 +1,1 @@
+"""The platform's services; each subpackage runs as its own process (`python -m services.<name>`)."""

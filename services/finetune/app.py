@@ -1,0 +1,17 @@
+"""The finetune process: FastStream app, gRPC health and reflection, metrics.
+
+Its handlers arrive with the issue that gives the finetune its capability; until then it runs
+the shared runtime only (bus connection, health, metrics), so deployments can already wire it.
+"""
+
+from __future__ import annotations
+
+from faststream import FastStream
+
+from services.finetune.settings import FinetuneSettings
+from shared.service import ServiceRuntime
+
+
+def create_app(settings: FinetuneSettings | None = None) -> FastStream:
+    runtime = ServiceRuntime(settings or FinetuneSettings())
+    return runtime.app()

@@ -1,0 +1,1 @@
+"""gateway: The public gRPC API: queries, ingest, delete and feedback."""

@@ -1,0 +1,1 @@
+"""generator: Builds prompts from templates and context and streams answers from Triton, with citations."""

@@ -1,0 +1,1 @@
+"""monitor: Streams telemetry into ClickHouse and answers ops queries."""

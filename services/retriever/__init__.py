@@ -1,0 +1,1 @@
+"""retriever: Keeps chunks in Weaviate (multi-tenant, hybrid search) and returns grounding context."""

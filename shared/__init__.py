@@ -1,0 +1,1 @@
+"""Shared runtime of the llmops services: settings, bus, dead-lettering, retries, gRPC, observability."""

@@ -1,0 +1,227 @@
+"""Kafka bus: broker factory, protobuf decoding, dead-lettering, idempotency and error sorting.
+
+Every service builds its broker with `create_broker` and subscribes with `protobuf_decoder(T)`.
+The EventGuard middleware sorts what a handler raises:
+
+- the payload does not decode, or a handler raises PermanentError (or any unexpected error):
+  the record goes to the dead-letter topic with the reason in headers, then its offset is committed;
+- a transient error (RetryableError, ConnectionError, TimeoutError) after the edge's own retries:
+  the offset is not committed and the record is redelivered after a pause, so nothing is lost;
+- an event id that was already processed: skipped and committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiokafka.structs import ConsumerRecord
+from faststream.exceptions import AckMessage, NackMessage
+from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.message import StreamMessage
+from faststream.middlewares import BaseMiddleware
+from faststream.security import SASLPlaintext, SASLScram256, SASLScram512
+from google.protobuf.message import DecodeError, Message
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+from shared.errors import MalformedEventError, PermanentError, is_transient
+from shared.events import HEADER_EVENT_TYPE, event_headers, validate_meta
+from shared.idempotency import IdempotencyStore
+from shared.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+# Dead-letter headers: why the record failed and where it came from.
+DLQ_REASON = "x-dlq-reason"
+DLQ_EXCEPTION = "x-dlq-exception-type"
+DLQ_TOPIC = "x-dlq-original-topic"
+DLQ_PARTITION = "x-dlq-original-partition"
+DLQ_OFFSET = "x-dlq-original-offset"
+DLQ_GROUP = "x-dlq-consumer-group"
+DLQ_SERVICE = "x-dlq-service"
+DLQ_FAILED_AT = "x-dlq-failed-at-ms"
+MAX_REASON_CHARS = 1000
+
+DEAD_LETTERED = Counter(
+    "llmops_dead_lettered_total", "Records sent to the dead-letter topic.", ["topic", "exception_type"]
+)
+DUPLICATES_SKIPPED = Counter("llmops_duplicates_skipped_total", "Redelivered events skipped by id.", ["topic"])
+REDELIVERIES = Counter(
+    "llmops_redeliveries_total", "Records left uncommitted after a transient failure.", ["topic"]
+)
+
+
+def protobuf_decoder(message_type: type[M]) -> Callable[[StreamMessage[Any]], Awaitable[M]]:
+    """FastStream decoder: the record body as `message_type`, with its EventMeta checked."""
+    expected = message_type.DESCRIPTOR.full_name
+
+    async def decode(msg: StreamMessage[Any]) -> M:
+        declared = msg.headers.get(HEADER_EVENT_TYPE)
+        if declared and declared != expected:
+            raise MalformedEventError(f"event-type header {declared!r} but topic carries {expected}")
+        event = message_type()
+        try:
+            event.ParseFromString(msg.body)
+        except DecodeError as exc:
+            raise MalformedEventError(f"payload is not a valid {expected}: {exc}") from exc
+        meta = getattr(event, "meta", None)
+        if meta is None:
+            raise MalformedEventError(f"{expected} has no meta field")
+        if problems := validate_meta(meta):
+            raise MalformedEventError(f"invalid {expected}: {'; '.join(problems)}")
+        return event
+
+    return decode
+
+
+class EventGuard:
+    """Broker middleware factory: dead-lettering, idempotency and retry sorting for every subscriber."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        group_id: str,
+        dead_letter_topic: str,
+        store: IdempotencyStore,
+        redelivery_pause_s: float = 1.0,
+    ) -> None:
+        self.service = service
+        self.group_id = group_id
+        self.dead_letter_topic = dead_letter_topic
+        self.store = store
+        self.redelivery_pause_s = redelivery_pause_s
+        self.broker: KafkaBroker | None = None
+
+    def __call__(self, msg: Any, /, *, context: Any) -> _EventGuardMiddleware:
+        return _EventGuardMiddleware(msg, context=context, guard=self)
+
+    async def dead_letter(self, record: ConsumerRecord[Any, Any], exc: BaseException) -> None:
+        """Publish the record unchanged to the dead-letter topic, the reason in its headers."""
+        assert self.broker is not None, "EventGuard.broker is set by create_broker"
+        headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
+        headers.update(
+            {
+                DLQ_REASON: str(exc)[:MAX_REASON_CHARS] or type(exc).__name__,
+                DLQ_EXCEPTION: f"{type(exc).__module__}.{type(exc).__qualname__}",
+                DLQ_TOPIC: record.topic,
+                DLQ_PARTITION: str(record.partition),
+                DLQ_OFFSET: str(record.offset),
+                DLQ_GROUP: self.group_id,
+                DLQ_SERVICE: self.service,
+                DLQ_FAILED_AT: str(int(time.time() * 1000)),
+            }
+        )
+        await self.broker.publish(record.value, self.dead_letter_topic, key=record.key, headers=headers)
+        DEAD_LETTERED.labels(record.topic, type(exc).__name__).inc()
+
+
+class _EventGuardMiddleware(BaseMiddleware):
+    def __init__(self, msg: Any, /, *, context: Any, guard: EventGuard) -> None:
+        super().__init__(msg, context=context)
+        self.guard = guard
+
+    async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
+        record = msg.raw_message
+        if not isinstance(record, ConsumerRecord):  # batch subscribers handle their own records
+            return await call_next(msg)
+        guard = self.guard
+        try:
+            event = await msg.decode()
+            event_id = event.meta.event_id if isinstance(event, Message) else ""
+            if event_id and await guard.store.seen(event_id):
+                DUPLICATES_SKIPPED.labels(record.topic).inc()
+                log.info("skipping duplicate event", extra={"event_id": event_id, "topic": record.topic})
+                raise AckMessage()
+            result = await call_next(msg)
+            if event_id:
+                await guard.store.mark(event_id)
+            return result
+        except (AckMessage, NackMessage, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                REDELIVERIES.labels(record.topic).inc()
+                log.warning(
+                    "transient failure, record will be redelivered",
+                    extra={"topic": record.topic, "offset": record.offset, "error": repr(exc)},
+                )
+                await asyncio.sleep(guard.redelivery_pause_s)
+                raise NackMessage() from exc
+            if not isinstance(exc, PermanentError):
+                log.exception("unexpected handler error; dead-lettering", extra={"topic": record.topic})
+            await self._dead_letter_or_redeliver(record, exc)
+            raise AckMessage() from exc
+
+    async def _dead_letter_or_redeliver(self, record: ConsumerRecord[Any, Any], exc: BaseException) -> None:
+        try:
+            await self.guard.dead_letter(record, exc)
+        except Exception as dlq_exc:  # the DLQ itself is unreachable: keep the record, try again later
+            log.error("dead-letter publish failed; record will be redelivered", exc_info=dlq_exc)
+            await asyncio.sleep(self.guard.redelivery_pause_s)
+            raise NackMessage() from dlq_exc
+        log.warning(
+            "dead-lettered record",
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "reason": str(exc)[:200],
+            },
+        )
+
+
+def _security(settings: KafkaSettings) -> Any:
+    if not settings.security_protocol.startswith("SASL"):
+        return None
+    password = settings.sasl_password_file.read_text().strip() if settings.sasl_password_file else ""
+    use_ssl = settings.security_protocol == "SASL_SSL"
+    cls = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}[
+        settings.sasl_mechanism
+    ]
+    import ssl
+
+    ssl_context = ssl.create_default_context(cafile=settings.ssl_cafile) if use_ssl else None
+    return cls(username=settings.sasl_username, password=password, ssl_context=ssl_context, use_ssl=use_ssl)
+
+
+def create_broker(
+    settings: KafkaSettings,
+    *,
+    guard: EventGuard | None,
+    service: str,
+    graceful_timeout_s: float = 15.0,
+    registry: CollectorRegistry = REGISTRY,
+) -> KafkaBroker:
+    """A FastStream Kafka broker with tracing (W3C traceparent headers), metrics and the EventGuard."""
+    middlewares: list[Any] = [
+        KafkaTelemetryMiddleware(),
+        KafkaPrometheusMiddleware(registry=registry, app_name=service),
+    ]
+    if guard is not None:
+        middlewares.append(guard)
+    broker = KafkaBroker(
+        settings.bootstrap_servers.split(","),
+        client_id=f"llmops-{service}",
+        acks=-1 if settings.acks == "all" else int(settings.acks),
+        enable_idempotence=settings.acks == "all",
+        graceful_timeout=graceful_timeout_s,
+        middlewares=middlewares,
+        security=_security(settings),
+        description=f"llmops {service}",
+    )
+    if guard is not None:
+        guard.broker = broker
+    return broker
+
+
+async def publish_event(broker: KafkaBroker, topic: str, event: Message, *, key: str) -> None:
+    """Publish a protobuf event with its type headers; trace context is added by the telemetry middleware."""
+    await broker.publish(event.SerializeToString(), topic, key=key.encode(), headers=event_headers(event))

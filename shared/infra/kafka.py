@@ -1,0 +1,196 @@
+"""Apache Kafka 4.x in KRaft mode (combined broker+controller nodes), jars from Maven Central via mvn."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka import AIOKafkaClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared.infra.paths import DEPLOY_DIR, cache_dir
+from shared.infra.process import InfraError, ManagedProcess, run_with_status
+from shared.topics import CATALOG
+
+KAFKA_VERSION = "4.1.1"  # keep in step with deploy/kafka/pom.xml
+
+
+def install_kafka(version: str = KAFKA_VERSION) -> Path:
+    """Resolve the broker's jars into the cache once; later runs reuse them."""
+    libs = cache_dir() / "kafka" / version / "libs"
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    if shutil.which("mvn") is None:
+        raise InfraError("mvn not found: install Maven (apt-get install maven) to resolve Kafka's jars")
+    if shutil.which("java") is None:
+        raise InfraError("java not found: Kafka 4.x needs Java 17 or newer")
+    run_with_status(
+        f"resolving Apache Kafka {version} jars from Maven Central (first run only)",
+        ["mvn", "-B", "-ntp", "-f", str(DEPLOY_DIR / "kafka" / "pom.xml"), "dependency:copy-dependencies",
+         f"-Dkafka.version={version}", f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
+        cache_dir() / "logs" / "kafka-mvn.log",
+    )
+    marker.touch()
+    return libs
+
+
+@dataclass
+class KafkaCluster:
+    """One node by default; three for fault tests (replication 3, min.insync.replicas 2)."""
+
+    state_dir: Path
+    nodes: int = 1
+    base_port: int = 19092
+    version: str = KAFKA_VERSION
+    heap: str = "512m"
+
+    def broker_port(self, index: int) -> int:
+        return self.base_port + 100 * index
+
+    def controller_port(self, index: int) -> int:
+        return self.base_port + 100 * index + 1
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(f"127.0.0.1:{self.broker_port(i)}" for i in range(self.nodes))
+
+    def node_dir(self, index: int) -> Path:
+        return self.state_dir / "kafka" / f"node-{index}"
+
+    def process(self, index: int) -> ManagedProcess:
+        libs = cache_dir() / "kafka" / self.version / "libs"
+        return ManagedProcess(
+            name=f"kafka-{index}",
+            command=[
+                "java", f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'kafka' / 'log4j2.properties'}",
+                "-cp", f"{libs}/*", "kafka.Kafka", str(self.node_dir(index) / "server.properties"),
+            ],
+            state_dir=self.state_dir,
+            health=lambda: _port_open(self.broker_port(index)),
+            start_timeout_s=90,
+        )
+
+    def _write_config(self, index: int) -> Path:
+        replicas = min(3, self.nodes)
+        voters = ",".join(f"{i + 1}@127.0.0.1:{self.controller_port(i)}" for i in range(self.nodes))
+        node_dir = self.node_dir(index)
+        (node_dir / "data").mkdir(parents=True, exist_ok=True)
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": str(index + 1),
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.broker_port(index)},"
+                         f"CONTROLLER://127.0.0.1:{self.controller_port(index)}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.broker_port(index)}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(node_dir / "data"),
+            "num.partitions": "3",
+            "default.replication.factor": str(replicas),
+            "min.insync.replicas": str(min(2, replicas)),
+            "offsets.topic.replication.factor": str(replicas),
+            "offsets.topic.num.partitions": "12",
+            "transaction.state.log.replication.factor": str(replicas),
+            "transaction.state.log.min.isr": str(min(2, replicas)),
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+            "unclean.leader.election.enable": "false",
+        }
+        path = node_dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return path
+
+    def _format(self, index: int, cluster_id: str, config: Path) -> None:
+        if (self.node_dir(index) / "data" / "meta.properties").exists():
+            return
+        libs = cache_dir() / "kafka" / self.version / "libs"
+        result = subprocess.run(
+            ["java", "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            raise InfraError(f"formatting KRaft storage of kafka-{index} failed:\n{result.stdout}{result.stderr}")
+
+    def cluster_id(self) -> str:
+        path = self.state_dir / "kafka" / "cluster.id"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
+        return path.read_text().strip()
+
+    def start(self, create_topics: bool = True) -> None:
+        install_kafka(self.version)
+        cluster_id = self.cluster_id()
+        for i in range(self.nodes):
+            self._format(i, cluster_id, self._write_config(i))
+        # Start every node before waiting: a KRaft quorum of three needs two up to elect a leader.
+        procs = [self.process(i) for i in range(self.nodes)]
+        for proc in procs:
+            proc.start(wait=False)
+        for proc in procs:
+            proc.wait_healthy()
+        asyncio.run(self.wait_ready())
+        if create_topics:
+            asyncio.run(self.create_catalog_topics())
+
+    def stop(self) -> None:
+        for i in range(self.nodes):
+            self.process(i).stop(timeout_s=30)
+
+    def running(self) -> bool:
+        return all(self.process(i).running() for i in range(self.nodes))
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Wait until every broker is registered in cluster metadata."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        last_error: Exception | None = None
+        while asyncio.get_running_loop().time() < deadline:
+            client = AIOKafkaClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=3000)
+            try:
+                await client.bootstrap()
+                metadata = await client.fetch_all_metadata()
+                if len(metadata.brokers()) >= self.nodes:
+                    return
+            except Exception as exc:  # broker still starting
+                last_error = exc
+            finally:
+                await client.close()
+            await asyncio.sleep(0.5)
+        raise InfraError(f"Kafka cluster not ready after {timeout_s}s: {last_error!r}")
+
+    async def create_catalog_topics(self) -> None:
+        replicas = min(3, self.nodes)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            new = [
+                NewTopic(t.name, num_partitions=t.partitions, replication_factor=replicas,
+                         topic_configs={"retention.ms": str(t.retention_ms)})
+                for t in CATALOG if t.name not in existing
+            ]
+            if new:
+                try:
+                    await admin.create_topics(new)
+                except TopicAlreadyExistsError:
+                    pass
+        finally:
+            await admin.close()
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

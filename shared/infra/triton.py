@@ -1,0 +1,102 @@
+"""Triton Inference Server: the tritonserver binary that PyPI's nvidia-pytriton bundles, on CPU here.
+
+It serves deploy/triton/models (Triton's standard repository layout), so NVIDIA's container can
+serve the same repository on GPUs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import sysconfig
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.infra.paths import DEPLOY_DIR, REPO_ROOT, cache_dir
+from shared.infra.process import InfraError, ManagedProcess
+
+MODEL_REPOSITORY = DEPLOY_DIR / "triton" / "models"
+
+
+def _pytriton_dir() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise InfraError("nvidia-pytriton is not installed: run `make install`") from exc
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def install_triton_backends() -> Path:
+    """Assemble a backends folder whose python backend uses the stub for this interpreter's version."""
+    bundled = _pytriton_dir()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    backends = cache_dir() / "triton" / f"backends-py{version}"
+    python_backend = backends / "python"
+    stub = bundled / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise InfraError(f"nvidia-pytriton bundles no python backend stub for Python {version}")
+    python_backend.mkdir(parents=True, exist_ok=True)
+    for source in [*(bundled / "backends" / "python").glob("*.*"), stub]:
+        target = python_backend / source.name
+        if not target.exists() or target.stat().st_size != source.stat().st_size:
+            shutil.copy2(source, target)
+    return backends
+
+
+@dataclass
+class TritonServer:
+    state_dir: Path
+    http_port: int = 18000
+    grpc_port: int = 18001
+    metrics_port: int = 18002
+    model_repository: Path = MODEL_REPOSITORY
+    models: list[str] = field(default_factory=lambda: ["tiny_llm"])
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def process(self) -> ManagedProcess:
+        site_packages = sysconfig.get_paths()["purelib"]
+        return ManagedProcess(
+            name="triton",
+            command=[
+                str(_pytriton_dir() / "bin" / "tritonserver"),
+                f"--model-repository={self.model_repository}",
+                f"--backend-directory={cache_dir() / 'triton' / f'backends-py{sys.version_info.major}.{sys.version_info.minor}'}",
+                "--model-control-mode=explicit",  # the fine-tune scheduler loads versions via the API
+                *[f"--load-model={m}" for m in self.models],
+                "--http-address=127.0.0.1", f"--http-port={self.http_port}",
+                "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
+                "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
+                "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
+                "--exit-timeout-secs=10",
+                "--log-verbose=0",
+            ],
+            state_dir=self.state_dir,
+            health=self.healthy,
+            env={
+                # The python backend stub links libpython by soname; point it at this interpreter's
+                # library, not an older system one (see ../shared/NOTES.md).
+                # The stub is copied out of the wheel, so its RPATH no longer finds the wheel's libs.
+                "LD_LIBRARY_PATH": f"{sysconfig.get_config_var('LIBDIR')}:{site_packages}/nvidia_pytriton.libs",
+                # Models import numpy and the project's code from this environment.
+                "PYTHONPATH": f"{site_packages}:{REPO_ROOT}",
+            },
+            start_timeout_s=120,
+        )
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        install_triton_backends()
+        self.process().start()
+
+    def stop(self) -> None:
+        self.process().stop(timeout_s=30)

@@ -1,0 +1,98 @@
+"""ServiceRuntime: the process shell every service shares.
+
+It owns the broker (with the EventGuard), the idempotency store, the gRPC server (health and
+reflection always on), the Prometheus endpoint, JSON logs and tracing, and ties them to a FastStream
+application whose signal handling gives graceful shutdown on SIGTERM:
+health goes NOT_SERVING and gRPC drains, consumers stop, in-flight handlers finish (up to
+graceful_timeout_s) and commit, then the process exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+
+from shared.bus import EventGuard, create_broker
+from shared.grpc_server import GrpcEndpoint, Registration, start_grpc_server
+from shared.idempotency import IdempotencyStore, open_store
+from shared.logs import configure_logging
+from shared.observability import configure_tracing, start_metrics_endpoint
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+Lifespan = Callable[[], AbstractAsyncContextManager[None]]
+
+
+class ServiceRuntime:
+    """Builds the broker at construction (no I/O) and everything with I/O in the app's lifespan."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.store: IdempotencyStore = open_store(settings.idempotency_db, settings.idempotency_capacity)
+        self.guard = EventGuard(
+            service=settings.service_name,
+            group_id=settings.group_id,
+            dead_letter_topic=settings.kafka.dead_letter_topic,
+            store=self.store,
+        )
+        self.broker: KafkaBroker = create_broker(
+            settings.kafka,
+            guard=self.guard,
+            service=settings.service_name,
+            graceful_timeout_s=settings.graceful_timeout_s,
+        )
+        self.grpc: GrpcEndpoint | None = None
+        self.metrics_port: int | None = None
+
+    def app(
+        self,
+        *,
+        grpc_registrations: Callable[[], Iterable[Registration]] = tuple,
+        lifespan: Lifespan | None = None,
+    ) -> FastStream:
+        """The FastStream application: `lifespan` creates and closes the service's own clients."""
+        settings = self.settings
+
+        @asynccontextmanager
+        async def runtime_lifespan() -> AsyncIterator[None]:
+            configure_logging(settings.service_name, settings.log_level)
+            configure_tracing(settings.service_name)
+            self.metrics_port = start_metrics_endpoint(settings.metrics_host, settings.metrics_port)
+            try:
+                if lifespan is None:
+                    yield
+                else:
+                    async with lifespan():
+                        yield
+            finally:
+                await self.store.close()
+
+        async def start_grpc() -> None:
+            self.grpc = await start_grpc_server(settings.grpc_host, settings.grpc_port, grpc_registrations())
+            endpoints = {
+                "service": settings.service_name,
+                "pid": os.getpid(),
+                "grpc": f"{settings.grpc_host}:{self.grpc.port}",
+                "metrics": f"http://{settings.metrics_host}:{self.metrics_port}/metrics",
+            }
+            log.info("service ready", extra=endpoints)
+            if settings.ready_file:
+                settings.ready_file.write_text(json.dumps(endpoints))
+
+        async def stop_grpc() -> None:
+            if self.grpc is not None:
+                await self.grpc.stop(grace_s=min(settings.graceful_timeout_s, 5.0))
+
+        hooks: dict[str, list[Callable[[], Awaitable[Any]]]] = {
+            "after_startup": [start_grpc],
+            "on_shutdown": [stop_grpc],
+        }
+        return FastStream(self.broker, lifespan=runtime_lifespan, **hooks)  # type: ignore[arg-type]

@@ -1,0 +1,71 @@
+"""Settings base classes. Each service subclasses ServiceSettings with its own env prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    """Connection to the Kafka cluster, shared by all services (prefix LLMOPS_KAFKA_)."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMOPS_KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:19092", description="Comma-separated host:port list of Kafka brokers."
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="Kafka security protocol; SASL_SSL in production clusters."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism when security_protocol uses SASL."
+    )
+    sasl_username: str = Field(default="", description="SASL user name.")
+    sasl_password_file: Path | None = Field(
+        default=None, description="File holding the SASL password (secrets come from files, never logs)."
+    )
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle for TLS to the brokers.")
+    dead_letter_topic: str = Field(
+        default="llmops.dead-letter.v1", description="Topic that receives events that cannot be processed."
+    )
+    acks: Literal["all", "1", "0"] = Field(
+        default="all", description="Producer acknowledgement level; 'all' waits for min.insync.replicas."
+    )
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has. Subclasses set `env_prefix`, e.g. LLMOPS_EMBEDDER_."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMOPS_SERVICE_", extra="ignore")
+
+    service_name: str = Field(default="service", description="Name used in logs, metrics, traces, events.")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Kafka connection.")
+    consumer_group: str = Field(
+        default="", description="Kafka consumer group; empty means 'llmops.<service_name>'."
+    )
+    grpc_host: str = Field(default="127.0.0.1", description="Address the gRPC server binds.")
+    grpc_port: int = Field(default=0, description="gRPC port; 0 picks a free port (logged at start).")
+    metrics_host: str = Field(default="127.0.0.1", description="Address the Prometheus endpoint binds.")
+    metrics_port: int = Field(default=0, description="Prometheus /metrics port; 0 picks a free port.")
+    log_level: str = Field(default="INFO", description="Python log level name.")
+    graceful_timeout_s: float = Field(
+        default=15.0, description="On SIGTERM, how long in-flight handlers may run before exit."
+    )
+    idempotency_db: Path | None = Field(
+        default=None,
+        description="SQLite file recording processed event ids; empty keeps them in memory only.",
+    )
+    idempotency_capacity: int = Field(
+        default=100_000, description="How many recent event ids the in-memory store remembers."
+    )
+    ready_file: Path | None = Field(
+        default=None,
+        description="If set, the service writes its bound ports here as JSON once it is serving.",
+    )
+
+    @property
+    def group_id(self) -> str:
+        return self.consumer_group or f"llmops.{self.service_name}"
