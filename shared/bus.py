@@ -52,7 +52,9 @@ MAX_REASON_CHARS = 1000
 DEAD_LETTERED = Counter(
     "llmops_dead_lettered_total", "Records sent to the dead-letter topic.", ["topic", "exception_type"]
 )
-DUPLICATES_SKIPPED = Counter("llmops_duplicates_skipped_total", "Redelivered events skipped by id.", ["topic"])
+DUPLICATES_SKIPPED = Counter(
+    "llmops_duplicates_skipped_total", "Redelivered events skipped by id.", ["topic"]
+)
 REDELIVERIES = Counter(
     "llmops_redeliveries_total", "Records left uncommitted after a transient failure.", ["topic"]
 )
@@ -135,7 +137,8 @@ class _EventGuardMiddleware(BaseMiddleware):
         guard = self.guard
         try:
             event = await msg.decode()
-            event_id = event.meta.event_id if isinstance(event, Message) else ""
+            meta = getattr(event, "meta", None)
+            event_id = str(meta.event_id) if isinstance(event, Message) and meta is not None else ""
             if event_id and await guard.store.seen(event_id):
                 DUPLICATES_SKIPPED.labels(record.topic).inc()
                 log.info("skipping duplicate event", extra={"event_id": event_id, "topic": record.topic})
@@ -216,6 +219,7 @@ def create_broker(
         middlewares=middlewares,
         security=_security(settings),
         description=f"llmops {service}",
+        logger=logging.getLogger("llmops.bus"),  # JSON via the root handler, not FastStream's own
     )
     if guard is not None:
         guard.broker = broker

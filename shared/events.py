@@ -24,7 +24,7 @@ class Event(Protocol):
     @property
     def meta(self) -> EventMeta: ...
 
-    def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...  # noqa: N802 (protobuf API)
+    def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...
 
 
 def new_meta(*, tenant_id: str, producer: str, correlation_id: str | None = None) -> EventMeta:

@@ -11,7 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-# A registration adds one servicer to the server, e.g. query_service_pb2_grpc.add_QueryServiceServicer_to_server.
+# A registration: (add_XServicer_to_server function, servicer instance, full service name).
 Registration = tuple[Callable[[Any, grpc.aio.Server], None], Any, str]
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024

@@ -36,8 +36,7 @@ def retry_transient(
     return retry(  # type: ignore[return-value]
         retry=retry_if_exception(is_retryable),
         stop=stop_after_attempt(attempts) | stop_after_delay(max_delay_s),
-        wait=wait_exponential_jitter(initial=initial_wait_s, max=max_wait_s),
+        wait=wait_exponential_jitter(multiplier=initial_wait_s, max=max_wait_s),
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,
     )
-

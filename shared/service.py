@@ -95,4 +95,9 @@ class ServiceRuntime:
             "after_startup": [start_grpc],
             "on_shutdown": [stop_grpc],
         }
-        return FastStream(self.broker, lifespan=runtime_lifespan, **hooks)  # type: ignore[arg-type]
+        return FastStream(
+            self.broker,
+            lifespan=runtime_lifespan,
+            logger=logging.getLogger(f"llmops.{settings.service_name}"),  # JSON via the root handler
+            **hooks,  # type: ignore[arg-type]
+        )

@@ -12,3 +12,5 @@ class MonitorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LLMOPS_MONITOR_", extra="ignore")
 
     service_name: str = Field(default="monitor", description="Name in logs, metrics, traces and events.")
+    grpc_port: int = Field(default=50055, description="gRPC port (health, reflection and the service's API).")
+    metrics_port: int = Field(default=9105, description="Prometheus /metrics port.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import shutil
 import subprocess
 import uuid
@@ -33,8 +34,17 @@ def install_kafka(version: str = KAFKA_VERSION) -> Path:
         raise InfraError("java not found: Kafka 4.x needs Java 17 or newer")
     run_with_status(
         f"resolving Apache Kafka {version} jars from Maven Central (first run only)",
-        ["mvn", "-B", "-ntp", "-f", str(DEPLOY_DIR / "kafka" / "pom.xml"), "dependency:copy-dependencies",
-         f"-Dkafka.version={version}", f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
+        [
+            "mvn",
+            "-B",
+            "-ntp",
+            "-f",
+            str(DEPLOY_DIR / "kafka" / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-Dkafka.version={version}",
+            f"-DoutputDirectory={libs}",
+            "-DincludeScope=runtime",
+        ],
         cache_dir() / "logs" / "kafka-mvn.log",
     )
     marker.touch()
@@ -69,10 +79,16 @@ class KafkaCluster:
         return ManagedProcess(
             name=f"kafka-{index}",
             command=[
-                "java", f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC",
+                "java",
+                f"-Xms{self.heap}",
+                f"-Xmx{self.heap}",
+                "-XX:+UseG1GC",
                 "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'kafka' / 'log4j2.properties'}",
-                "-cp", f"{libs}/*", "kafka.Kafka", str(self.node_dir(index) / "server.properties"),
+                "-cp",
+                f"{libs}/*",
+                "kafka.Kafka",
+                str(self.node_dir(index) / "server.properties"),
             ],
             state_dir=self.state_dir,
             health=lambda: _port_open(self.broker_port(index)),
@@ -89,7 +105,7 @@ class KafkaCluster:
             "node.id": str(index + 1),
             "controller.quorum.voters": voters,
             "listeners": f"PLAINTEXT://127.0.0.1:{self.broker_port(index)},"
-                         f"CONTROLLER://127.0.0.1:{self.controller_port(index)}",
+            f"CONTROLLER://127.0.0.1:{self.controller_port(index)}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.broker_port(index)}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
@@ -110,16 +126,34 @@ class KafkaCluster:
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         return path
 
-    def _format(self, index: int, cluster_id: str, config: Path) -> None:
-        if (self.node_dir(index) / "data" / "meta.properties").exists():
-            return
+    def _format_storage(self, cluster_id: str) -> None:
+        """Format each new node's KRaft storage once; the JVMs run side by side."""
         libs = cache_dir() / "kafka" / self.version / "libs"
-        result = subprocess.run(
-            ["java", "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
-            capture_output=True, text=True, check=False,
-        )
-        if result.returncode != 0:
-            raise InfraError(f"formatting KRaft storage of kafka-{index} failed:\n{result.stdout}{result.stderr}")
+        jobs = {}
+        for i in range(self.nodes):
+            config = self._write_config(i)
+            if (self.node_dir(i) / "data" / "meta.properties").exists():
+                continue
+            jobs[i] = subprocess.Popen(
+                [
+                    "java",
+                    "-cp",
+                    f"{libs}/*",
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(config),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        for i, job in jobs.items():
+            output, _ = job.communicate()
+            if job.returncode != 0:
+                raise InfraError(f"formatting KRaft storage of kafka-{i} failed:\n{output}")
 
     def cluster_id(self) -> str:
         path = self.state_dir / "kafka" / "cluster.id"
@@ -130,9 +164,7 @@ class KafkaCluster:
 
     def start(self, create_topics: bool = True) -> None:
         install_kafka(self.version)
-        cluster_id = self.cluster_id()
-        for i in range(self.nodes):
-            self._format(i, cluster_id, self._write_config(i))
+        self._format_storage(self.cluster_id())
         # Start every node before waiting: a KRaft quorum of three needs two up to elect a leader.
         procs = [self.process(i) for i in range(self.nodes)]
         for proc in procs:
@@ -144,8 +176,12 @@ class KafkaCluster:
             asyncio.run(self.create_catalog_topics())
 
     def stop(self) -> None:
-        for i in range(self.nodes):
-            self.process(i).stop(timeout_s=30)
+        # Signal every node first: stopped one by one, the last ones lose quorum and hang.
+        procs = [self.process(i) for i in range(self.nodes)]
+        for proc in procs:
+            proc.signal()
+        for proc in procs:
+            proc.wait_stopped(timeout_s=30)
 
     def running(self) -> bool:
         return all(self.process(i).running() for i in range(self.nodes))
@@ -175,15 +211,18 @@ class KafkaCluster:
         try:
             existing = set(await admin.list_topics())
             new = [
-                NewTopic(t.name, num_partitions=t.partitions, replication_factor=replicas,
-                         topic_configs={"retention.ms": str(t.retention_ms)})
-                for t in CATALOG if t.name not in existing
+                NewTopic(
+                    t.name,
+                    num_partitions=t.partitions,
+                    replication_factor=replicas,
+                    topic_configs={"retention.ms": str(t.retention_ms)},
+                )
+                for t in CATALOG
+                if t.name not in existing
             ]
             if new:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):  # another starter won the race
                     await admin.create_topics(new)
-                except TopicAlreadyExistsError:
-                    pass
         finally:
             await admin.close()
 

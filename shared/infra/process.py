@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -77,8 +78,12 @@ class ManagedProcess:
     def wait_healthy(self) -> None:
         proc = self._popen
         deadline = time.monotonic() + self.start_timeout_s
-        with tqdm(desc=f"waiting for {self.name}", bar_format="{desc} {elapsed}", file=sys.stderr,
-                  disable=not sys.stderr.isatty()) as bar:
+        with tqdm(
+            desc=f"waiting for {self.name}",
+            bar_format="{desc} {elapsed}",
+            file=sys.stderr,
+            disable=not sys.stderr.isatty(),
+        ) as bar:
             while time.monotonic() < deadline:
                 if proc is not None and proc.poll() is not None:
                     raise InfraError(f"{self.name} exited with {proc.returncode}; log:\n{self.log_tail()}")
@@ -86,21 +91,32 @@ class ManagedProcess:
                     return
                 time.sleep(0.3)
                 bar.update(0)
-        raise InfraError(f"{self.name} not healthy after {self.start_timeout_s:.0f}s; log:\n{self.log_tail()}")
+        raise InfraError(
+            f"{self.name} not healthy after {self.start_timeout_s:.0f}s; log:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout_s: float = 30.0, sig: int = signal.SIGTERM) -> None:
-        """SIGTERM, wait, then SIGKILL; removes the pid file."""
+        """Signal, wait, then SIGKILL; removes the pid file."""
+        self.signal(sig)
+        self.wait_stopped(timeout_s)
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        """Send `sig` to the process group without waiting (to stop several nodes at once)."""
         pid = self.pid()
         if pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, sig)
-            except ProcessLookupError:
-                pass
+
+    def wait_stopped(self, timeout_s: float = 30.0) -> None:
+        """Wait for exit after `signal`; SIGKILL when it takes longer than `timeout_s`."""
+        pid = self.pid()
+        if pid is not None:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline and _alive(pid):
                 time.sleep(0.1)
             if _alive(pid):
-                os.killpg(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
                 while _alive(pid):
                     time.sleep(0.05)
         self.pid_path.unlink(missing_ok=True)
@@ -134,21 +150,36 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def run_with_status(name: str, command: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
-                    cwd: Path | None = None) -> None:
+def run_with_status(
+    name: str,
+    command: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> None:
     """Run a long install step (mvn, go install) with a one-line status: last output line and elapsed time."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # On a terminal the line updates in place; in CI logs it is printed every 10 s at most.
     interactive = sys.stderr.isatty()
-    with log_path.open("ab") as log, tqdm(desc=name, bar_format="{desc}: {postfix} [{elapsed}]",
-                                          file=sys.stderr, mininterval=0.2 if interactive else 10) as bar:
-        proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, cwd=cwd)
+    with (
+        log_path.open("ab") as log,
+        tqdm(
+            desc=name,
+            bar_format="{desc}: {postfix} [{elapsed}]",
+            file=sys.stderr,
+            mininterval=0.2 if interactive else 10,
+        ) as bar,
+    ):
+        proc = subprocess.Popen(
+            list(command),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
         assert proc.stdout is not None
-        lines = 0
-        for raw in proc.stdout:
+        for lines, raw in enumerate(proc.stdout, start=1):
             log.write(raw)
-            lines += 1
             bar.set_postfix_str(f"{lines} lines, {raw.decode(errors='replace').strip()[-60:]}", refresh=False)
             bar.update(0)
         if proc.wait() != 0:

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.infra.kafka import KafkaCluster
-from shared.infra.weaviate import WeaviateServer
 from shared.infra.triton import TritonServer
+from shared.infra.weaviate import WeaviateServer
 
 COMPONENTS = ("kafka", "weaviate", "triton")
 
@@ -67,8 +67,8 @@ class Stack:
 
     def status(self) -> dict[str, str]:
         checks = {
-            "kafka": lambda: self.kafka.running(),
-            "weaviate": lambda: self.weaviate.healthy(),
-            "triton": lambda: self.triton.healthy(),
+            "kafka": self.kafka.running,
+            "weaviate": self.weaviate.healthy,
+            "triton": self.triton.healthy,
         }
         return {name: ("up" if checks[name]() else "down") for name in self.components}

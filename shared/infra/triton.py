@@ -27,11 +27,16 @@ def _pytriton_dir() -> Path:
     return Path(pytriton.__file__).parent / "tritonserver"
 
 
+def install_dir() -> Path:
+    """Backends folder for this interpreter's Python version (the stub is per version)."""
+    return cache_dir() / "triton" / f"backends-py{sys.version_info.major}.{sys.version_info.minor}"
+
+
 def install_triton_backends() -> Path:
     """Assemble a backends folder whose python backend uses the stub for this interpreter's version."""
     bundled = _pytriton_dir()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    backends = cache_dir() / "triton" / f"backends-py{version}"
+    backends = install_dir()
     python_backend = backends / "python"
     stub = bundled / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.exists():
@@ -59,18 +64,23 @@ class TritonServer:
 
     def process(self) -> ManagedProcess:
         site_packages = sysconfig.get_paths()["purelib"]
+        backends = install_dir()
         return ManagedProcess(
             name="triton",
             command=[
                 str(_pytriton_dir() / "bin" / "tritonserver"),
                 f"--model-repository={self.model_repository}",
-                f"--backend-directory={cache_dir() / 'triton' / f'backends-py{sys.version_info.major}.{sys.version_info.minor}'}",
+                f"--backend-directory={backends}",
                 "--model-control-mode=explicit",  # the fine-tune scheduler loads versions via the API
                 *[f"--load-model={m}" for m in self.models],
-                "--http-address=127.0.0.1", f"--http-port={self.http_port}",
-                "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
-                "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
-                "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
+                "--http-address=127.0.0.1",
+                f"--http-port={self.http_port}",
+                "--grpc-address=127.0.0.1",
+                f"--grpc-port={self.grpc_port}",
+                "--metrics-address=127.0.0.1",
+                f"--metrics-port={self.metrics_port}",
+                "--allow-cpu-metrics=false",
+                "--allow-gpu-metrics=false",
                 "--exit-timeout-secs=10",
                 "--log-verbose=0",
             ],
@@ -80,7 +90,8 @@ class TritonServer:
                 # The python backend stub links libpython by soname; point it at this interpreter's
                 # library, not an older system one (see ../shared/NOTES.md).
                 # The stub is copied out of the wheel, so its RPATH no longer finds the wheel's libs.
-                "LD_LIBRARY_PATH": f"{sysconfig.get_config_var('LIBDIR')}:{site_packages}/nvidia_pytriton.libs",
+                "LD_LIBRARY_PATH": f"{sysconfig.get_config_var('LIBDIR')}:"
+                f"{site_packages}/nvidia_pytriton.libs",
                 # Models import numpy and the project's code from this environment.
                 "PYTHONPATH": f"{site_packages}:{REPO_ROOT}",
             },
@@ -89,7 +100,9 @@ class TritonServer:
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=1) as resp:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=1
+            ) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False

@@ -52,7 +52,12 @@ class WeaviateServer:
             name="weaviate",
             command=[
                 str(cache_dir() / "weaviate" / self.version / "bin" / "weaviate-server"),
-                "--host", "127.0.0.1", "--port", str(self.http_port), "--scheme", "http",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.http_port),
+                "--scheme",
+                "http",
             ],
             state_dir=self.state_dir,
             health=self.healthy,

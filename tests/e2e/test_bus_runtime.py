@@ -51,7 +51,9 @@ def relays(workdir: Path) -> Iterator[list[ServiceProcess]]:
         proc.kill()
 
 
-def relay(kafka: str, workdir: Path, name: str, input_topic: str, output_topic: str = "", **extra: str) -> ServiceProcess:
+def relay(
+    kafka: str, workdir: Path, name: str, input_topic: str, output_topic: str = "", **extra: str
+) -> ServiceProcess:
     env = {
         "LLMOPS_KAFKA_BOOTSTRAP_SERVERS": kafka,
         "LLMOPS_RELAY_SERVICE_NAME": name,
@@ -70,7 +72,9 @@ async def dead_letters_from(kafka: str, topic: str, expected: int) -> list[dict[
     return [h for h in headers if h.get(DLQ_TOPIC) == topic]
 
 
-async def test_event_crosses_two_service_processes_with_trace_context(kafka: str, workdir: Path, relays: list[ServiceProcess]) -> None:
+async def test_event_crosses_two_service_processes_with_trace_context(
+    kafka: str, workdir: Path, relays: list[ServiceProcess]
+) -> None:
     first, second, sink = unique_topic("hop1"), unique_topic("hop2"), unique_topic("hop3")
     await create_topics(kafka, first, second, sink)
     relays.append(relay(kafka, workdir, "relay-a", first, second).start())
@@ -101,13 +105,19 @@ async def test_event_crosses_two_service_processes_with_trace_context(kafka: str
     assert pid == relays[1].proc.pid and pid != relays[0].proc.pid  # type: ignore[union-attr]
 
 
-async def test_malformed_and_permanent_failures_are_dead_lettered_and_consumer_goes_on(kafka: str, workdir: Path, relays: list[ServiceProcess]) -> None:
+async def test_malformed_and_permanent_failures_are_dead_lettered_and_consumer_goes_on(
+    kafka: str, workdir: Path, relays: list[ServiceProcess]
+) -> None:
     topic = unique_topic("dlq")
     await create_topics(kafka, topic, partitions=1)
     proc = relay(kafka, workdir, "relay-dlq", topic).start()
     relays.append(proc)
 
-    good_before, permanent, good_after = query_event("first"), query_event("permanent: refuse me"), query_event("last")
+    good_before, permanent, good_after = (
+        query_event("first"),
+        query_event("permanent: refuse me"),
+        query_event("last"),
+    )
     await produce_events(kafka, topic, [good_before])
     await produce_raw(kafka, topic, [(b"bad-key", b"\xff\x00 not a protobuf \x13", {})])
     await produce_events(kafka, topic, [permanent, good_after])
@@ -140,7 +150,9 @@ async def wait_for_async(probe, expected: int, timeout_s: float = 20.0) -> bool:
     return False
 
 
-async def test_duplicate_event_id_is_processed_once(kafka: str, workdir: Path, relays: list[ServiceProcess]) -> None:
+async def test_duplicate_event_id_is_processed_once(
+    kafka: str, workdir: Path, relays: list[ServiceProcess]
+) -> None:
     topic = unique_topic("dup")
     await create_topics(kafka, topic)
     proc = relay(kafka, workdir, "relay-dup", topic).start()
@@ -155,7 +167,9 @@ async def test_duplicate_event_id_is_processed_once(kafka: str, workdir: Path, r
     assert counts == {event.meta.event_id: 1, other.meta.event_id: 1}
 
 
-async def test_transient_failure_is_redelivered_not_lost(kafka: str, workdir: Path, relays: list[ServiceProcess]) -> None:
+async def test_transient_failure_is_redelivered_not_lost(
+    kafka: str, workdir: Path, relays: list[ServiceProcess]
+) -> None:
     topic = unique_topic("transient")
     await create_topics(kafka, topic, partitions=1)
     proc = relay(kafka, workdir, "relay-transient", topic).start()
@@ -169,7 +183,9 @@ async def test_transient_failure_is_redelivered_not_lost(kafka: str, workdir: Pa
 
 
 @pytest.mark.slow
-async def test_sigterm_mid_stream_then_restart_processes_each_event_exactly_once(kafka: str, workdir: Path, relays: list[ServiceProcess]) -> None:
+async def test_sigterm_mid_stream_then_restart_processes_each_event_exactly_once(
+    kafka: str, workdir: Path, relays: list[ServiceProcess]
+) -> None:
     topic = unique_topic("sigterm")
     await create_topics(kafka, topic)
     events = [query_event(f"q{i}") for i in range(1000)]

@@ -24,7 +24,9 @@ async def create_topics(bootstrap: str, *names: str, partitions: int = 3) -> Non
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
+        await admin.create_topics(
+            [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]
+        )
     finally:
         await admin.close()
 
@@ -39,23 +41,29 @@ async def produce_raw(bootstrap: str, topic: str, records: list[tuple[bytes, byt
     await producer.start()
     try:
         for key, value, headers in records:
-            await producer.send(topic, value, key=key,
-                                headers=[(k, v.encode()) for k, v in headers.items()])
+            await producer.send(topic, value, key=key, headers=[(k, v.encode()) for k, v in headers.items()])
         await producer.flush()
     finally:
         await producer.stop()
 
 
 async def produce_events(bootstrap: str, topic: str, events: list[Any]) -> None:
-    await produce_raw(bootstrap, topic, [
-        (e.meta.correlation_id.encode(), e.SerializeToString(), event_headers(e)) for e in events
-    ])
+    await produce_raw(
+        bootstrap,
+        topic,
+        [(e.meta.correlation_id.encode(), e.SerializeToString(), event_headers(e)) for e in events],
+    )
 
 
 async def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list[Any]:
     """Read a topic from the start until `expected` records arrived (or time runs out)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     await consumer.start()
     records: list[Any] = []
     try:
@@ -76,7 +84,7 @@ async def committed_lag(bootstrap: str, topic: str, group: str) -> int:
     try:
         partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
         if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await consumer._client.force_metadata_update()
             partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
         ends = await consumer.end_offsets(partitions)
         lag = 0
@@ -92,8 +100,9 @@ def effects(db: Path) -> list[tuple[Any, ...]]:
     if not db.exists():
         return []
     with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT event_id, correlation_id, question, trace_id, traceparent, pid "
-                            "FROM effects").fetchall()
+        return conn.execute(
+            "SELECT event_id, correlation_id, question, trace_id, traceparent, pid FROM effects"
+        ).fetchall()
 
 
 async def wait_for(predicate: Any, timeout_s: float = 60.0, interval_s: float = 0.2) -> bool:

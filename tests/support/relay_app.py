@@ -72,12 +72,18 @@ def create_app(settings: RelaySettings) -> FastStream:
             await publish_event(broker, settings.output_topic, follow, key=event.meta.correlation_id)
         db.execute(
             "INSERT INTO effects VALUES (?, ?, ?, ?, ?, ?)",
-            (event.meta.event_id, event.meta.correlation_id, event.question, trace_id,
-             message.headers.get("traceparent", ""), os.getpid()),
+            (
+                event.meta.event_id,
+                event.meta.correlation_id,
+                event.question,
+                trace_id,
+                message.headers.get("traceparent", ""),
+                os.getpid(),
+            ),
         )
 
     return runtime.app()
 
 
 if __name__ == "__main__":
-    asyncio.run(create_app(RelaySettings()).run())  # type: ignore[call-arg]  # fields come from env
+    asyncio.run(create_app(RelaySettings()).run())  # required fields come from LLMOPS_RELAY_* env

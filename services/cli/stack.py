@@ -1,0 +1,87 @@
+"""The local platform: infrastructure plus every service as its own background process."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared.infra.process import ManagedProcess
+from shared.infra.stack import Stack
+
+# Service name -> (gRPC port, metrics port); the same numbers as docker-compose.yml.
+SERVICE_PORTS: dict[str, tuple[int, int]] = {
+    "gateway": (50051, 9101),
+    "embedder": (50052, 9102),
+    "retriever": (50053, 9103),
+    "generator": (50054, 9104),
+    "monitor": (50055, 9105),
+    "finetune": (50056, 9106),
+}
+
+
+def grpc_serving(target: str, timeout_s: float = 1.0) -> bool:
+    """True when the standard health service at `target` reports SERVING."""
+    try:
+        with grpc.insecure_channel(target) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
+    except grpc.RpcError:
+        return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@dataclass
+class Platform:
+    stack: Stack
+
+    @property
+    def state_dir(self) -> Path:
+        return self.stack.state_dir
+
+    def service(self, name: str) -> ManagedProcess:
+        grpc_port, metrics_port = SERVICE_PORTS[name]
+        prefix = f"LLMOPS_{name.upper()}_"
+        return ManagedProcess(
+            name=name,
+            command=[sys.executable, "-m", f"services.{name}"],
+            state_dir=self.state_dir,
+            health=lambda: grpc_serving(f"127.0.0.1:{grpc_port}"),
+            env={
+                **self.stack.endpoints(),
+                f"{prefix}GRPC_PORT": str(grpc_port),
+                f"{prefix}METRICS_PORT": str(metrics_port),
+                f"{prefix}IDEMPOTENCY_DB": str(self.state_dir / name / "processed.db"),
+            },
+            start_timeout_s=60,
+        )
+
+    def up(self) -> None:
+        self.stack.up()
+        procs = [self.service(name) for name in SERVICE_PORTS]
+        for proc in procs:
+            proc.start(wait=False)
+        for proc in procs:
+            proc.wait_healthy()
+
+    def down(self) -> None:
+        for name in reversed(SERVICE_PORTS):
+            self.service(name).stop(timeout_s=30)
+        self.stack.down()
+
+    def status(self) -> dict[str, str]:
+        result = self.stack.status()
+        for name, (grpc_port, _) in SERVICE_PORTS.items():
+            result[name] = "serving" if grpc_serving(f"127.0.0.1:{grpc_port}") else "down"
+        return result
+
+    def endpoints(self) -> list[tuple[str, str]]:
+        rows = [(k, v) for k, v in self.stack.endpoints().items()]
+        for name, (grpc_port, metrics_port) in SERVICE_PORTS.items():
+            rows.append((f"{name} gRPC", f"127.0.0.1:{grpc_port}"))
+            rows.append((f"{name} metrics", f"http://127.0.0.1:{metrics_port}/metrics"))
+        return rows

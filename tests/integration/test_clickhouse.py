@@ -1,0 +1,40 @@
+"""The embedded ClickHouse engine (chdb) runs the platform's DDL and SQL for real."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.clickhouse import ChdbClickHouse, open_clickhouse
+
+pytestmark = pytest.mark.integration
+
+DDL = """
+CREATE TABLE IF NOT EXISTS spans (
+    event_id String, tenant_id LowCardinality(String), stage LowCardinality(String),
+    duration_ms Float64, occurred_at DateTime64(3)
+) ENGINE = ReplacingMergeTree ORDER BY (tenant_id, event_id)
+"""
+
+
+def test_embedded_engine_dedupes_by_event_id_and_persists(tmp_path: Path) -> None:
+    db = open_clickhouse("", tmp_path / "ch")
+    assert isinstance(db, ChdbClickHouse)
+    db.command(DDL)
+    rows = [
+        ("e1", "t-a", "embed", 3.5, "2026-11-27 00:00:00.000"),
+        ("e2", "t-a", "generate", 120.0, "2026-11-27 00:00:01.000"),
+        ("e1", "t-a", "embed", 3.5, "2026-11-27 00:00:00.000"),
+    ]  # a replayed event
+    db.insert("spans", ["event_id", "tenant_id", "stage", "duration_ms", "occurred_at"], rows)
+    result = db.query(
+        "SELECT stage, count() FROM spans FINAL WHERE tenant_id = {t:String} GROUP BY stage ORDER BY stage",
+        {"t": "t-a"},
+    )
+    assert result == [("embed", 1), ("generate", 1)]
+    db.close()
+
+    reopened = ChdbClickHouse(tmp_path / "ch")
+    assert reopened.query("SELECT count() FROM spans FINAL") == [(2,)]
+    reopened.close()
