@@ -84,6 +84,16 @@ DOCUMENT_DELETED = Topic(
     ("gateway", "monitor"),
     "A document's chunks are gone.",
 )
+INGEST_FAILED = Topic(
+    "llmops.ingest.failed.v1",
+    ingest_events.DocumentIngestFailed,
+    "tenant_id/document_id",
+    3,
+    7 * DAY_MS,
+    ("embedder", "retriever"),
+    ("gateway", "monitor"),
+    "Documents that cannot be ingested, with the reason.",
+)
 QUERY_REQUESTED = Topic(
     "llmops.query.requested.v1",
     query_events.QueryRequested,
@@ -221,6 +231,7 @@ CATALOG: tuple[Topic, ...] = (
     DOCUMENT_INDEXED,
     DELETE_REQUESTED,
     DOCUMENT_DELETED,
+    INGEST_FAILED,
     QUERY_REQUESTED,
     QUERY_EMBEDDED,
     CONTEXT_RETRIEVED,

@@ -1,8 +1,7 @@
 from llmops.ingest.v1 import document_pb2 as _document_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -12,7 +11,7 @@ class IngestRequest(_message.Message):
     WAIT_INDEXED_FIELD_NUMBER: _ClassVar[int]
     document: _document_pb2.Document
     wait_indexed: bool
-    def __init__(self, document: _Optional[_Union[_document_pb2.Document, _Mapping]] = ..., wait_indexed: _Optional[bool] = ...) -> None: ...
+    def __init__(self, document: _Optional[_Union[_document_pb2.Document, _Mapping]] = ..., wait_indexed: bool = ...) -> None: ...
 
 class IngestResponse(_message.Message):
     __slots__ = ("correlation_id", "document_id", "content_sha256", "chunk_count", "unchanged")
@@ -26,7 +25,7 @@ class IngestResponse(_message.Message):
     content_sha256: str
     chunk_count: int
     unchanged: bool
-    def __init__(self, correlation_id: _Optional[str] = ..., document_id: _Optional[str] = ..., content_sha256: _Optional[str] = ..., chunk_count: _Optional[int] = ..., unchanged: _Optional[bool] = ...) -> None: ...
+    def __init__(self, correlation_id: _Optional[str] = ..., document_id: _Optional[str] = ..., content_sha256: _Optional[str] = ..., chunk_count: _Optional[int] = ..., unchanged: bool = ...) -> None: ...
 
 class DeleteDocumentRequest(_message.Message):
     __slots__ = ("document_id",)

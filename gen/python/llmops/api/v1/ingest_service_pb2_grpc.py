@@ -5,7 +5,7 @@ import warnings
 
 from llmops.api.v1 import ingest_service_pb2 as llmops_dot_api_dot_v1_dot_ingest__service__pb2
 
-GRPC_GENERATED_VERSION = '1.81.1'
+GRPC_GENERATED_VERSION = '1.67.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in llmops/api/v1/ingest_service_pb2_grpc.py depends on'
+        + f' but the generated code in llmops/api/v1/ingest_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class IngestServiceStub:
+class IngestServiceStub(object):
     """IngestService adds and removes a tenant's documents.
     """
 
@@ -47,7 +47,7 @@ class IngestServiceStub:
                 _registered_method=True)
 
 
-class IngestServiceServicer:
+class IngestServiceServicer(object):
     """IngestService adds and removes a tenant's documents.
     """
 
@@ -86,7 +86,7 @@ def add_IngestServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class IngestService:
+class IngestService(object):
     """IngestService adds and removes a tenant's documents.
     """
 

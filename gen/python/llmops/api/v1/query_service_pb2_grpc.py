@@ -5,7 +5,7 @@ import warnings
 
 from llmops.api.v1 import query_service_pb2 as llmops_dot_api_dot_v1_dot_query__service__pb2
 
-GRPC_GENERATED_VERSION = '1.81.1'
+GRPC_GENERATED_VERSION = '1.67.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in llmops/api/v1/query_service_pb2_grpc.py depends on'
+        + f' but the generated code in llmops/api/v1/query_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class QueryServiceStub:
+class QueryServiceStub(object):
     """QueryService answers questions grounded in a tenant's documents.
     The tenant comes from the API key in the `x-api-key` metadata, never from the request.
     """
@@ -48,7 +48,7 @@ class QueryServiceStub:
                 _registered_method=True)
 
 
-class QueryServiceServicer:
+class QueryServiceServicer(object):
     """QueryService answers questions grounded in a tenant's documents.
     The tenant comes from the API key in the `x-api-key` metadata, never from the request.
     """
@@ -88,7 +88,7 @@ def add_QueryServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class QueryService:
+class QueryService(object):
     """QueryService answers questions grounded in a tenant's documents.
     The tenant comes from the API key in the `x-api-key` metadata, never from the request.
     """

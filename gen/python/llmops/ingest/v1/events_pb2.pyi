@@ -3,8 +3,7 @@ from llmops.ingest.v1 import document_pb2 as _document_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -42,7 +41,7 @@ class DocumentIndexed(_message.Message):
     content_sha256: str
     chunk_count: int
     unchanged: bool
-    def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., document_id: _Optional[str] = ..., content_sha256: _Optional[str] = ..., chunk_count: _Optional[int] = ..., unchanged: _Optional[bool] = ...) -> None: ...
+    def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., document_id: _Optional[str] = ..., content_sha256: _Optional[str] = ..., chunk_count: _Optional[int] = ..., unchanged: bool = ...) -> None: ...
 
 class DocumentDeleteRequested(_message.Message):
     __slots__ = ("meta", "document_id")
@@ -61,3 +60,15 @@ class DocumentDeleted(_message.Message):
     document_id: str
     chunk_count: int
     def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., document_id: _Optional[str] = ..., chunk_count: _Optional[int] = ...) -> None: ...
+
+class DocumentIngestFailed(_message.Message):
+    __slots__ = ("meta", "document_id", "reason", "failed_stage")
+    META_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FAILED_STAGE_FIELD_NUMBER: _ClassVar[int]
+    meta: _event_meta_pb2.EventMeta
+    document_id: str
+    reason: str
+    failed_stage: str
+    def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., document_id: _Optional[str] = ..., reason: _Optional[str] = ..., failed_stage: _Optional[str] = ...) -> None: ...

@@ -1,13 +1,10 @@
-import datetime
-
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from llmops.common.v1 import event_meta_pb2 as _event_meta_pb2
 from llmops.query.v1 import query_pb2 as _query_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -29,7 +26,7 @@ class QueryRequested(_message.Message):
     prompt_template_id: str
     max_tokens: int
     stream: bool
-    def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., question: _Optional[str] = ..., retrieval: _Optional[_Union[_query_pb2.RetrievalOptions, _Mapping]] = ..., reply_topic: _Optional[str] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prompt_template_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., stream: _Optional[bool] = ...) -> None: ...
+    def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., question: _Optional[str] = ..., retrieval: _Optional[_Union[_query_pb2.RetrievalOptions, _Mapping]] = ..., reply_topic: _Optional[str] = ..., deadline: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., prompt_template_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., stream: bool = ...) -> None: ...
 
 class QueryEmbedded(_message.Message):
     __slots__ = ("meta", "request", "vector", "embedding_model", "timings")
