@@ -16,10 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+from aiokafka.structs import ConsumerRecord
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
+from faststream.middlewares import AckPolicy
 
-from shared.bus import EventGuard, create_broker
+from shared.bus import Decoded, EventGuard, M, Rejected, create_broker, raw_records
 from shared.grpc_server import GrpcEndpoint, Registration, start_grpc_server
 from shared.idempotency import IdempotencyStore, open_store
 from shared.logs import configure_logging
@@ -52,13 +54,42 @@ class ServiceRuntime:
         self.grpc: GrpcEndpoint | None = None
         self.metrics_port: int | None = None
 
+    def consume_batches(
+        self,
+        topic: str,
+        message_type: type[M],
+        handle: Callable[[Decoded[M]], Awaitable[Rejected]],
+        *,
+        max_records: int,
+        title: str,
+    ) -> None:
+        """Subscribe the service's group to `topic` in batches: `handle` gets the decoded, not yet
+        processed events of each batch and returns those that failed for good (dead-lettered); the
+        batch is committed after it, or redelivered on a transient error (EventGuard.process_batch)."""
+        subscriber = self.broker.subscriber(
+            topic,
+            group_id=self.settings.group_id,
+            batch=True,
+            max_records=max_records,
+            ack_policy=AckPolicy.NACK_ON_ERROR,  # commit after the batch, never past unprocessed work
+            decoder=raw_records,
+            auto_offset_reset="earliest",
+            title=title,
+        )
+
+        @subscriber
+        async def on_batch(records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
+            await self.guard.process_batch(records, message_type, handle)
+
     def app(
         self,
         *,
         grpc_registrations: Callable[[], Iterable[Registration]] = tuple,
         lifespan: Lifespan | None = None,
+        before_serving: Iterable[Callable[[], Awaitable[None]]] = (),
     ) -> FastStream:
-        """The FastStream application: `lifespan` creates and closes the service's own clients."""
+        """The FastStream application: `lifespan` creates and closes the service's own clients;
+        `before_serving` runs after the broker started and before gRPC reports SERVING."""
         settings = self.settings
 
         @asynccontextmanager
@@ -76,6 +107,8 @@ class ServiceRuntime:
                 await self.store.close()
 
         async def start_grpc() -> None:
+            for check in before_serving:
+                await check()
             self.grpc = await start_grpc_server(settings.grpc_host, settings.grpc_port, grpc_registrations())
             endpoints = {
                 "service": settings.service_name,

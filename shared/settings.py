@@ -69,3 +69,21 @@ class ServiceSettings(BaseSettings):
     @property
     def group_id(self) -> str:
         return self.consumer_group or f"llmops.{self.service_name}"
+
+
+class WeaviateSettings(BaseSettings):
+    """Connection to Weaviate (prefix LLMOPS_WEAVIATE_)."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMOPS_WEAVIATE_", extra="ignore")
+
+    url: str = Field(default="http://127.0.0.1:19080", description="Weaviate HTTP endpoint.")
+    grpc_port: int = Field(default=19051, description="Weaviate gRPC port (same host as url).")
+    collection: str = Field(default="Chunk", description="Collection holding every tenant's chunks.")
+
+
+class TritonSettings(BaseSettings):
+    """Connection to Triton Inference Server (prefix LLMOPS_TRITON_)."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMOPS_TRITON_", extra="ignore")
+
+    grpc_url: str = Field(default="127.0.0.1:19001", description="Triton gRPC endpoint host:port.")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
+from services.cli.ingest import IngestReport, discover, ingest_files, resolve_api_key
 from services.cli.stack import Platform
-from shared.infra.paths import default_state_dir
+from shared.infra.paths import DEPLOY_DIR, REPO_ROOT, default_state_dir
 from shared.infra.process import InfraError
 from shared.infra.stack import Stack
+
+SAMPLE_CORPUS = DEPLOY_DIR / "sample-corpus"
 
 
 def _platform(args: argparse.Namespace) -> Platform:
@@ -22,8 +26,34 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"llmops is up (logs: {platform.state_dir / 'logs'}). Endpoints:")
     for name, value in platform.endpoints():
         print(f"  {name:22s} {value}")
+    if not args.no_sample:
+        print(f"ingesting the sample corpus ({SAMPLE_CORPUS.relative_to(REPO_ROOT)}) into tenant 'demo':")
+        report = _ingest([SAMPLE_CORPUS], gateway=args.gateway, api_key=platform.ensure_demo_key())
+        if report.failed:
+            return 1
+    print(f"Demo tenant API key: {platform.demo_key_file} (used by `llmops ingest` by default).")
     print("Stop with `llmops down` (or `make stop`).")
     return 0
+
+
+def _ingest(paths: list[Path], *, gateway: str, api_key: str, concurrency: int = 4) -> IngestReport:
+    files = list(discover(paths))
+    report = asyncio.run(ingest_files(files, target=gateway, api_key=api_key, concurrency=concurrency))
+    print(
+        f"{report.indexed} indexed, {report.unchanged} unchanged, {len(report.failed)} failed, "
+        f"{report.chunks} chunks"
+    )
+    for document_id, reason in report.failed:
+        print(f"  failed: {document_id}: {reason}", file=sys.stderr)
+    return report
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    api_key = resolve_api_key(args.api_key, Path(args.state_dir))
+    report = _ingest(
+        [Path(p) for p in args.paths], gateway=args.gateway, api_key=api_key, concurrency=args.concurrency
+    )
+    return 1 if report.failed else 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -43,8 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmops", description="Run and use the llmops platform locally.")
     parser.add_argument("--state-dir", default=str(default_state_dir()), help="data, logs and pid files")
     parser.add_argument("--kafka-nodes", type=int, default=1, choices=[1, 3])
+    parser.add_argument("--gateway", default="127.0.0.1:50051", help="gateway gRPC address")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start infrastructure and every service").set_defaults(func=cmd_up)
+    up = sub.add_parser("up", help="start infrastructure and every service, ingest the sample corpus")
+    up.add_argument("--no-sample", action="store_true", help="do not ingest deploy/sample-corpus")
+    up.set_defaults(func=cmd_up)
+    ingest = sub.add_parser("ingest", help="ingest files or folders (text, Markdown, HTML, PDF)")
+    ingest.add_argument("paths", nargs="+", help="files or folders")
+    ingest.add_argument("--api-key", help="tenant API key (default: $LLMOPS_API_KEY or the demo key)")
+    ingest.add_argument("--concurrency", type=int, default=4, help="documents in flight")
+    ingest.set_defaults(func=cmd_ingest)
     sub.add_parser("down", help="stop services and infrastructure").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show what is running").set_defaults(func=cmd_status)
     return parser

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.gateway.auth import issue_key
 from shared.infra.process import ManagedProcess
 from shared.infra.stack import Stack
 
@@ -53,6 +54,7 @@ class Platform:
             health=lambda: grpc_serving(f"127.0.0.1:{grpc_port}"),
             env={
                 **self.stack.endpoints(),
+                "LLMOPS_GATEWAY_API_KEYS_FILE": str(self.api_keys_file),
                 f"{prefix}GRPC_PORT": str(grpc_port),
                 f"{prefix}METRICS_PORT": str(metrics_port),
                 f"{prefix}IDEMPOTENCY_DB": str(self.state_dir / name / "processed.db"),
@@ -60,7 +62,24 @@ class Platform:
             start_timeout_s=60,
         )
 
+    @property
+    def api_keys_file(self) -> Path:
+        return self.state_dir / "api-keys.json"
+
+    @property
+    def demo_key_file(self) -> Path:
+        return self.state_dir / "demo.key"
+
+    def ensure_demo_key(self) -> str:
+        """An API key for the 'demo' tenant, created once; its hash goes to the gateway's key file."""
+        if not self.demo_key_file.exists():
+            key = issue_key(self.api_keys_file, "demo")
+            self.demo_key_file.write_text(key + "\n")
+            self.demo_key_file.chmod(0o600)
+        return self.demo_key_file.read_text().strip()
+
     def up(self) -> None:
+        self.ensure_demo_key()
         self.stack.up()
         procs = [self.service(name) for name in SERVICE_PORTS]
         for proc in procs:

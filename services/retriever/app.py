@@ -1,17 +1,220 @@
-"""The retriever process: FastStream app, gRPC health and reflection, metrics.
-
-Its handlers arrive with the issue that gives the retriever its capability; until then it runs
-the shared runtime only (bus connection, health, metrics), so deployments can already wire it.
-"""
+"""The retriever process: indexes embedded chunks in Weaviate and answers searches with context."""
 
 from __future__ import annotations
 
-from faststream import FastStream
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
+import grpc
+from aiokafka.structs import ConsumerRecord
+from faststream import FastStream
+from faststream.middlewares import AckPolicy
+from llmops.ingest.v1.events_pb2 import ChunksEmbedded, DocumentDeleteRequested, DocumentIngestFailed
+from llmops.query.v1.events_pb2 import QueryEmbedded
+from llmops.query.v1.query_pb2 import FailureReason
+from llmops.retrieval.v1 import retriever_service_pb2 as pb
+from llmops.retrieval.v1 import retriever_service_pb2_grpc as pb_grpc
+
+from services.retriever import domain
 from services.retriever.settings import RetrieverSettings
+from services.retriever.store import ChunkStore, connect_store
+from shared.bus import Decoded, Rejected, protobuf_decoder, publish_event
+from shared.errors import PermanentError, RetryableError
+from shared.events import follow_meta
+from shared.grpc_server import Registration
+from shared.queries import deadline_passed, publish_query_failed
 from shared.service import ServiceRuntime
+from shared.topics import (
+    CHUNKS_EMBEDDED,
+    CONTEXT_RETRIEVED,
+    DELETE_REQUESTED,
+    DOCUMENT_DELETED,
+    DOCUMENT_INDEXED,
+    INGEST_FAILED,
+    QUERY_EMBEDDED,
+)
+
+
+@dataclass
+class Clients:
+    """Created in the lifespan, used by handlers and the servicer."""
+
+    store: ChunkStore | None = None
+
+    @property
+    def chunks(self) -> ChunkStore:
+        assert self.store is not None, "store not connected"
+        return self.store
+
+
+class RetrieverServicer(pb_grpc.RetrieverServiceServicer):
+    def __init__(self, clients: Clients, settings: RetrieverSettings) -> None:
+        self.clients = clients
+        self.settings = settings
+        self.tenants = settings.tenants.registry()
+
+    async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
+        try:
+            self.tenants.check(request.tenant_id)
+            options = domain.effective_options(
+                request.options,
+                default_top_k=self.settings.default_top_k,
+                default_alpha=self.settings.default_alpha,
+            )
+            if not request.query_text.strip() and not request.query_vector:
+                raise PermanentError("query_text and query_vector are both empty")
+            chunks = await self.clients.chunks.search(
+                request.tenant_id, request.query_text, list(request.query_vector), options
+            )
+        except PermanentError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except RetryableError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"Weaviate unavailable: {exc}")
+        return pb.SearchResponse(chunks=chunks)
 
 
 def create_app(settings: RetrieverSettings | None = None) -> FastStream:
-    runtime = ServiceRuntime(settings or RetrieverSettings())
-    return runtime.app()
+    settings = settings or RetrieverSettings()
+    runtime = ServiceRuntime(settings)
+    broker = runtime.broker
+    tenants = settings.tenants.registry()
+    clients = Clients()
+    producer = settings.service_name
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        clients.store = await connect_store(
+            settings.weaviate.url, settings.weaviate.grpc_port, settings.weaviate.collection
+        )
+        try:
+            yield
+        finally:
+            await clients.store.close()
+
+    async def index_one(record: ConsumerRecord[Any, Any], event: ChunksEmbedded) -> tuple[Any, Any] | None:
+        tenant = event.meta.tenant_id
+        try:
+            tenants.check(tenant)
+            if not event.document_id:
+                raise PermanentError("document_id is empty")
+            unchanged = (
+                await clients.chunks.document_sha256(tenant, event.document_id) == event.content_sha256
+            )
+            count = len(event.chunks)
+            if not unchanged:
+                count = await clients.chunks.upsert_document(
+                    tenant, event.document_id, event.content_sha256, list(event.chunks)
+                )
+        except PermanentError as exc:
+            failed = DocumentIngestFailed(
+                meta=follow_meta(event.meta, producer=producer),
+                document_id=event.document_id,
+                reason=str(exc),
+                failed_stage=producer,
+            )
+            await publish_event(broker, INGEST_FAILED.name, failed, key=f"{tenant}/{event.document_id}")
+            return (record, exc)
+        indexed = domain.document_indexed(event, chunk_count=count, unchanged=unchanged, producer=producer)
+        await publish_event(broker, DOCUMENT_INDEXED.name, indexed, key=f"{tenant}/{event.document_id}")
+        return None
+
+    async def index_documents(decoded: Decoded[ChunksEmbedded]) -> Rejected:
+        # Transient Weaviate errors propagate: the batch stays uncommitted and is redelivered.
+        results = await asyncio.gather(*(index_one(record, event) for record, event in decoded))
+        return [r for r in results if r is not None]
+
+    async def retrieve_one(record: ConsumerRecord[Any, Any], event: QueryEmbedded) -> tuple[Any, Any] | None:
+        request = event.request
+        if deadline_passed(request):
+            await publish_query_failed(
+                broker,
+                request,
+                reason=FailureReason.FAILURE_REASON_DEADLINE_EXCEEDED,
+                detail="deadline passed before retrieval",
+                stage=producer,
+            )
+            return None
+        started = time.perf_counter()
+        try:
+            tenants.check(event.meta.tenant_id)
+            options = domain.effective_options(
+                request.retrieval, default_top_k=settings.default_top_k, default_alpha=settings.default_alpha
+            )
+            chunks = await clients.chunks.search(
+                event.meta.tenant_id, request.question, list(event.vector), options
+            )
+        except PermanentError as exc:
+            await publish_query_failed(
+                broker,
+                request,
+                reason=FailureReason.FAILURE_REASON_INVALID_ARGUMENT,
+                detail=str(exc),
+                stage=producer,
+            )
+            return (record, exc)
+        except RetryableError as exc:
+            # The store already spent its retry budget: the caller gets a clear answer now.
+            await publish_query_failed(
+                broker,
+                request,
+                reason=FailureReason.FAILURE_REASON_UNAVAILABLE,
+                detail=f"retrieval unavailable after retries: {exc}",
+                stage=producer,
+            )
+            return None
+        out = domain.context_retrieved(
+            event, chunks, retrieve_ms=(time.perf_counter() - started) * 1000, producer=producer
+        )
+        await publish_event(broker, CONTEXT_RETRIEVED.name, out, key=request.meta.correlation_id)
+        return None
+
+    async def retrieve_contexts(decoded: Decoded[QueryEmbedded]) -> Rejected:
+        results = await asyncio.gather(*(retrieve_one(record, event) for record, event in decoded))
+        return [r for r in results if r is not None]
+
+    runtime.consume_batches(
+        CHUNKS_EMBEDDED.name,
+        ChunksEmbedded,
+        index_documents,
+        max_records=settings.max_batch_records,
+        title="retriever:index",
+    )
+
+    runtime.consume_batches(
+        QUERY_EMBEDDED.name,
+        QueryEmbedded,
+        retrieve_contexts,
+        max_records=settings.max_batch_records,
+        title="retriever:query",
+    )
+
+    @broker.subscriber(
+        DELETE_REQUESTED.name,
+        group_id=settings.group_id,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        decoder=protobuf_decoder(DocumentDeleteRequested),
+        auto_offset_reset="earliest",
+        title="retriever:delete",
+    )
+    async def on_delete(event: DocumentDeleteRequested) -> None:
+        tenants.check(event.meta.tenant_id)
+        count = await clients.chunks.delete_document(event.meta.tenant_id, event.document_id)
+        deleted = domain.document_deleted(event, chunk_count=count, producer=producer)
+        await publish_event(
+            broker, DOCUMENT_DELETED.name, deleted, key=f"{event.meta.tenant_id}/{event.document_id}"
+        )
+
+    def registrations() -> Iterable[Registration]:
+        return [
+            (
+                pb_grpc.add_RetrieverServiceServicer_to_server,
+                RetrieverServicer(clients, settings),
+                pb.DESCRIPTOR.services_by_name["RetrieverService"].full_name,
+            )
+        ]
+
+    return runtime.app(grpc_registrations=registrations, lifespan=lifespan)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, WeaviateSettings
+from shared.tenants import TenantSettings
 
 
 class RetrieverSettings(ServiceSettings):
@@ -14,3 +15,10 @@ class RetrieverSettings(ServiceSettings):
     service_name: str = Field(default="retriever", description="Name in logs, metrics, traces and events.")
     grpc_port: int = Field(default=50053, description="gRPC port (health, reflection and the service's API).")
     metrics_port: int = Field(default=9103, description="Prometheus /metrics port.")
+    weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings, description="Weaviate connection.")
+    tenants: TenantSettings = Field(default_factory=TenantSettings, description="Tenants served.")
+    default_top_k: int = Field(default=5, description="Chunks returned when a request names no top_k.")
+    default_alpha: float = Field(
+        default=0.5, description="Hybrid weight when a request names none (1 = vector)."
+    )
+    max_batch_records: int = Field(default=32, description="Kafka records handled together.")

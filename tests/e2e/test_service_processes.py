@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from shared.infra.stack import Stack
 from tests.support.processes import ServiceProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -19,7 +20,7 @@ SERVICES = ["embedder", "retriever", "generator", "monitor", "finetune", "gatewa
 
 @pytest.fixture(scope="module")
 def running_services(
-    kafka: str, tmp_path_factory: pytest.TempPathFactory
+    kafka: str, weaviate: str, test_stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ServiceProcess]]:
     workdir: Path = tmp_path_factory.mktemp("services")
     procs: dict[str, ServiceProcess] = {}
@@ -28,6 +29,8 @@ def running_services(
             prefix = f"LLMOPS_{name.upper()}_"
             env = {
                 "LLMOPS_KAFKA_BOOTSTRAP_SERVERS": kafka,
+                "LLMOPS_WEAVIATE_URL": weaviate,
+                "LLMOPS_WEAVIATE_GRPC_PORT": str(test_stack.weaviate.grpc_port),
                 f"{prefix}GRPC_PORT": "0",
                 f"{prefix}METRICS_PORT": "0",
             }
@@ -58,6 +61,15 @@ async def test_reflection_lists_services(running_services: dict[str, ServiceProc
         listed = [s.name async for r in responses for s in r.list_services_response.service]
     assert "grpc.health.v1.Health" in listed
     assert "grpc.reflection.v1alpha.ServerReflection" in listed
+    assert set(API_SERVICES.get(name, ())) <= set(listed)
+
+
+# The APIs each service serves so far, besides health and reflection.
+API_SERVICES = {
+    "gateway": ["llmops.api.v1.IngestService"],
+    "embedder": ["llmops.embedding.v1.EmbedderService"],
+    "retriever": ["llmops.retrieval.v1.RetrieverService"],
+}
 
 
 @pytest.mark.parametrize("name", SERVICES)

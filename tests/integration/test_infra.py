@@ -76,7 +76,12 @@ async def check_replication(bootstrap: str) -> None:
         partitions = described[0]["partitions"]
         assert len(partitions) == QUERY_REQUESTED.partitions
         assert all(len(p["replicas"]) == 3 for p in partitions)
-        assert set(await admin.list_topics()) >= {t.name for t in CATALOG}
+        catalog = {t.name for t in CATALOG}
+        for _ in range(50):  # metadata reaches every broker a moment after creation
+            if set(await admin.list_topics()) >= catalog:
+                break
+            await asyncio.sleep(0.2)
+        assert set(await admin.list_topics()) >= catalog
         cluster = await admin.describe_cluster()
         assert len(cluster["brokers"]) == 3
     finally:

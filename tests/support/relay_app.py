@@ -13,7 +13,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from faststream import FastStream, NoCast
+from faststream import FastStream
 from faststream.kafka import KafkaMessage
 from faststream.middlewares import AckPolicy
 from llmops.query.v1.events_pb2 import QueryRequested
@@ -56,7 +56,8 @@ def create_app(settings: RelaySettings) -> FastStream:
         decoder=protobuf_decoder(QueryRequested),
         auto_offset_reset="earliest",
     )
-    async def relay(event: NoCast[QueryRequested], message: KafkaMessage) -> None:
+    async def relay(event: QueryRequested) -> None:
+        message: KafkaMessage = broker.context.get_local("message")
         if event.question.startswith("permanent:"):
             raise PermanentError(f"question rejected by policy: {event.question!r}")
         if event.question.startswith("transient-once:") and event.meta.event_id not in failed_once:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from faststream import NoCast
 from faststream.kafka import KafkaMessage, TestKafkaBroker
 from faststream.middlewares import AckPolicy
 from llmops.query.v1.events_pb2 import QueryRequested
@@ -29,13 +28,14 @@ def guarded() -> tuple[Any, list[str], list[dict[str, str]]]:
     @broker.subscriber(
         "in", group_id="g", ack_policy=AckPolicy.NACK_ON_ERROR, decoder=protobuf_decoder(QueryRequested)
     )
-    async def handle(event: NoCast[QueryRequested]) -> None:
+    async def handle(event: QueryRequested) -> None:
         if event.question == "boom":
             raise PermanentError("boom is not a question")
         handled.append(event.question)
 
     @broker.subscriber(DLQ, group_id="dlq-reader")
-    async def on_dead(body: bytes, message: KafkaMessage) -> None:
+    async def on_dead(body: bytes) -> None:
+        message: KafkaMessage = broker.context.get_local("message")
         dead.append(dict(message.headers))
 
     return broker, handled, dead

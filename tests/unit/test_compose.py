@@ -44,9 +44,6 @@ OFFICIAL_IMAGES = {
 # LLMOPS_* variables compose already sets that no settings class defines yet, with the service that
 # sets them: read by the service once its issue lands. Remove an entry when its field exists.
 PENDING_ENV_KEYS = {
-    "LLMOPS_WEAVIATE_URL": "retriever",
-    "LLMOPS_WEAVIATE_GRPC_PORT": "retriever",
-    "LLMOPS_TRITON_GRPC_URL": "generator",
     "LLMOPS_MONITOR_CLICKHOUSE_URL": "monitor",
 }
 
