@@ -88,7 +88,13 @@ def create_app(settings: EmbedderSettings | None = None) -> FastStream:
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
-        models.embedder = await asyncio.to_thread(load_embedder, settings.backend, settings.batch_size)
+        models.embedder = await asyncio.to_thread(
+            load_embedder,
+            settings.backend,
+            settings.batch_size,
+            triton_url=settings.triton.grpc_url,
+            triton_model=settings.triton_model,
+        )
         models.chunker = Chunker(load_tokenizer(), settings.chunk_tokens, settings.overlap_tokens)
         yield
 

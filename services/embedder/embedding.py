@@ -28,6 +28,7 @@ import numpy.typing as npt
 from tokenizers import Tokenizer
 
 from services.embedder.chunking import model_dir
+from shared.errors import RetryableError
 from shared.infra.paths import cache_dir
 from shared.infra.process import run_with_status
 
@@ -61,12 +62,59 @@ def max_seq_length() -> int:
     return int(config["max_seq_length"])
 
 
-def load_embedder(backend: Literal["torch", "onnx"], batch_size: int = 64) -> Embedder:
+def load_embedder(
+    backend: Literal["torch", "onnx", "triton"],
+    batch_size: int = 64,
+    *,
+    triton_url: str = "127.0.0.1:19001",
+    triton_model: str = "minilm_embed",
+) -> Embedder:
     if backend == "torch":
         return TorchEmbedder(batch_size=batch_size)
     if backend == "onnx":
         return OnnxEmbedder(batch_size=batch_size)
-    raise ValueError(f"unknown embedding backend {backend!r}; use 'torch' or 'onnx'")
+    if backend == "triton":
+        return TritonEmbedder(triton_url, triton_model, batch_size=batch_size)
+    raise ValueError(f"unknown embedding backend {backend!r}; use 'torch', 'onnx' or 'triton'")
+
+
+class TritonEmbedder:
+    """The same model served by Triton (deploy/triton/models/minilm_embed): on GPUs in production.
+
+    Requests of `batch_size` texts go over Triton's gRPC API; Triton's dynamic batcher merges
+    concurrent callers. Transient gRPC failures surface as RetryableError for the caller's policy.
+    """
+
+    model_name: str = MODEL_NAME
+    dimensions: int = DIMENSIONS
+
+    def __init__(self, url: str, model: str = "minilm_embed", batch_size: int = 64) -> None:
+        import tritonclient.grpc as triton_grpc
+
+        self._grpc = triton_grpc
+        self._client = triton_grpc.InferenceServerClient(url)
+        self._model = model
+        self._batch_size = batch_size
+        if not self._client.is_model_ready(model):
+            raise RetryableError(f"Triton at {url} has no ready model {model!r}")
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        items = _check_texts(texts)
+        if not items:
+            return _empty()
+        parts = []
+        for first in range(0, len(items), self._batch_size):
+            batch = np.array(
+                [[t.encode("utf-8")] for t in items[first : first + self._batch_size]], dtype=np.object_
+            )
+            text = self._grpc.InferInput("text", list(batch.shape), "BYTES")
+            text.set_data_from_numpy(batch)
+            try:
+                result = self._client.infer(self._model, [text], timeout=30)
+            except self._grpc.InferenceServerException as exc:
+                raise RetryableError(f"Triton embedding failed: {exc}") from exc
+            parts.append(np.asarray(result.as_numpy("embedding"), dtype=np.float32))
+        return np.concatenate(parts)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

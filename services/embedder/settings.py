@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, TritonSettings
 from shared.tenants import TenantSettings
 
 
@@ -17,9 +17,13 @@ class EmbedderSettings(ServiceSettings):
     service_name: str = Field(default="embedder", description="Name in logs, metrics, traces and events.")
     grpc_port: int = Field(default=50052, description="gRPC port (health, reflection and the service's API).")
     metrics_port: int = Field(default=9102, description="Prometheus /metrics port.")
-    backend: Literal["onnx", "torch"] = Field(
-        default="onnx", description="Embedding runtime: ONNX Runtime (faster on CPU) or PyTorch."
+    backend: Literal["onnx", "torch", "triton"] = Field(
+        default="onnx",
+        description="Embedding runtime: ONNX Runtime (faster on CPU), PyTorch, or the Triton-served "
+        "model (minilm_embed; GPUs in production).",
     )
+    triton: TritonSettings = Field(default_factory=TritonSettings, description="Triton, for backend=triton.")
+    triton_model: str = Field(default="minilm_embed", description="Triton model name for backend=triton.")
     batch_size: int = Field(default=64, description="Texts per model call.")
     chunk_tokens: int = Field(
         default=200, description="Model tokens per chunk (the model reads 256 at most)."

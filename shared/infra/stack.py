@@ -20,7 +20,7 @@ class Stack:
     # kafka node n: broker +92+100n, controller +93+100n.
     port_base: int = 19000
     components: tuple[str, ...] = COMPONENTS
-    triton_models: list[str] = field(default_factory=lambda: ["tiny_llm"])
+    triton_models: list[str] = field(default_factory=lambda: ["tiny_llm", "minilm_embed"])
 
     @property
     def kafka(self) -> KafkaCluster:
