@@ -92,8 +92,9 @@ class TritonServer:
                 # The stub is copied out of the wheel, so its RPATH no longer finds the wheel's libs.
                 "LD_LIBRARY_PATH": f"{sysconfig.get_config_var('LIBDIR')}:"
                 f"{site_packages}/nvidia_pytriton.libs",
-                # Models import numpy and the project's code from this environment.
-                "PYTHONPATH": f"{site_packages}:{REPO_ROOT}",
+                # Models import numpy (and the embedding model) from this environment; the stub
+                # ignores PYTHONPATH, so the models add this to sys.path themselves.
+                "LLMOPS_TRITON_PYTHONPATH": f"{site_packages}:{REPO_ROOT}",
             },
             start_timeout_s=120,
         )

