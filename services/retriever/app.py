@@ -95,37 +95,66 @@ def create_app(settings: RetrieverSettings | None = None) -> FastStream:
         finally:
             await clients.store.close()
 
-    async def index_one(record: ConsumerRecord[Any, Any], event: ChunksEmbedded) -> tuple[Any, Any] | None:
-        tenant = event.meta.tenant_id
-        try:
-            tenants.check(tenant)
-            if not event.document_id:
-                raise PermanentError("document_id is empty")
-            unchanged = (
-                await clients.chunks.document_sha256(tenant, event.document_id) == event.content_sha256
-            )
-            count = len(event.chunks)
-            if not unchanged:
-                count = await clients.chunks.upsert_document(
-                    tenant, event.document_id, event.content_sha256, list(event.chunks)
-                )
-        except PermanentError as exc:
-            failed = DocumentIngestFailed(
-                meta=follow_meta(event.meta, producer=producer),
-                document_id=event.document_id,
-                reason=str(exc),
-                failed_stage=producer,
-            )
-            await publish_event(broker, INGEST_FAILED.name, failed, key=f"{tenant}/{event.document_id}")
-            return (record, exc)
-        indexed = domain.document_indexed(event, chunk_count=count, unchanged=unchanged, producer=producer)
-        await publish_event(broker, DOCUMENT_INDEXED.name, indexed, key=f"{tenant}/{event.document_id}")
-        return None
+    async def reject_document(
+        record: ConsumerRecord[Any, Any], event: ChunksEmbedded, exc: PermanentError
+    ) -> None:
+        failed = DocumentIngestFailed(
+            meta=follow_meta(event.meta, producer=producer),
+            document_id=event.document_id,
+            reason=str(exc),
+            failed_stage=producer,
+        )
+        await publish_event(
+            broker, INGEST_FAILED.name, failed, key=f"{event.meta.tenant_id}/{event.document_id}"
+        )
 
     async def index_documents(decoded: Decoded[ChunksEmbedded]) -> Rejected:
-        # Transient Weaviate errors propagate: the batch stays uncommitted and is redelivered.
-        results = await asyncio.gather(*(index_one(record, event) for record, event in decoded))
-        return [r for r in results if r is not None]
+        """Index a batch with a few Weaviate calls per tenant (EventGuard: a transient error from the
+        store propagates, the batch stays uncommitted and is redelivered)."""
+        rejected: Rejected = []
+        rounds: list[dict[tuple[str, str], tuple[ConsumerRecord[Any, Any], ChunksEmbedded]]] = []
+        for record, event in decoded:
+            try:
+                tenants.check(event.meta.tenant_id)
+                if not event.document_id:
+                    raise PermanentError("document_id is empty")
+            except PermanentError as exc:
+                await reject_document(record, event, exc)
+                rejected.append((record, exc))
+                continue
+            key = (event.meta.tenant_id, event.document_id)
+            # A document twice in one batch: the later version goes in a later round, in order.
+            target = next((r for r in rounds if key not in r), None)
+            if target is None:
+                target = {}
+                rounds.append(target)
+            target[key] = (record, event)
+        for items in rounds:
+            by_tenant: dict[str, list[tuple[ConsumerRecord[Any, Any], ChunksEmbedded]]] = {}
+            for (tenant, _), item in items.items():
+                by_tenant.setdefault(tenant, []).append(item)
+            for tenant, pairs in by_tenant.items():
+                outcomes = await clients.chunks.upsert_documents(
+                    tenant, [(e.document_id, e.content_sha256, list(e.chunks)) for _, e in pairs]
+                )
+                publishes = []
+                for record, event in pairs:
+                    outcome = outcomes[event.document_id]
+                    if isinstance(outcome, PermanentError):
+                        await reject_document(record, event, outcome)
+                        rejected.append((record, outcome))
+                        continue
+                    count, unchanged = outcome
+                    indexed = domain.document_indexed(
+                        event, chunk_count=count, unchanged=unchanged, producer=producer
+                    )
+                    publishes.append(
+                        publish_event(
+                            broker, DOCUMENT_INDEXED.name, indexed, key=f"{tenant}/{event.document_id}"
+                        )
+                    )
+                await asyncio.gather(*publishes)
+        return rejected
 
     async def retrieve_one(record: ConsumerRecord[Any, Any], event: QueryEmbedded) -> tuple[Any, Any] | None:
         request = event.request

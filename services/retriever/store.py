@@ -534,6 +534,84 @@ class ChunkStore:
             log.info("replaced %s/%s: %d stale chunks removed", tenant_id, document_id, removed)
         return len(objects)
 
+    async def upsert_documents(
+        self, tenant_id: str, documents: Sequence[tuple[str, str, Sequence[EmbeddedChunk]]]
+    ) -> dict[str, tuple[int, bool] | PermanentError]:
+        """Index several documents of one tenant with a few calls instead of a few per document.
+
+        `documents` holds (document_id, content_sha256, chunks) with distinct ids. Returns per id
+        (chunks stored, unchanged) or the PermanentError that rejected that document alone. One
+        query finds the stored hashes, unchanged documents are skipped, the chunks of all others go
+        in shared insert batches, and only documents that existed before get a stale-chunk delete.
+        """
+        validate_tenant_id(tenant_id)
+        outcomes: dict[str, tuple[int, bool] | PermanentError] = {}
+        prepared: dict[str, tuple[str, list[DataObject[dict[str, Any], None]]]] = {}
+        for document_id, sha, chunks in documents:
+            try:
+                prepared[document_id] = (sha, self._data_objects(tenant_id, document_id, sha, chunks))
+            except PermanentError as exc:
+                outcomes[document_id] = exc
+        if prepared:
+            stored = await self._call("stored_hashes", lambda: self._stored_hashes(tenant_id, list(prepared)))
+            changed = {doc: item for doc, item in prepared.items() if stored.get(doc) != item[0]}
+            for doc, (_, objects) in prepared.items():
+                outcomes[doc] = (len(objects), doc not in changed)
+            if changed:
+                await self._call("upsert_documents", lambda: self._upsert_many(tenant_id, changed, stored))
+        return outcomes
+
+    async def _stored_hashes(self, tenant_id: str, document_ids: list[str]) -> dict[str, str | None]:
+        """document id -> its complete stored hash (None: partially written), for those stored at all."""
+        if not await self._tenant_exists(tenant_id):
+            return {}
+        result = await self._collection.with_tenant(tenant_id).query.fetch_objects(
+            filters=Filter.by_property("document_id").contains_any(document_ids),
+            # One page; if a batch's documents hold more chunks, the cut-off ones read as partially
+            # written and are simply written again.
+            limit=MAX_CHUNKS_PER_DOCUMENT,
+            return_properties=["document_id", "content_sha256", "chunk_count"],
+        )
+        seen: dict[str, list[tuple[Any, Any]]] = {}
+        for obj in result.objects:
+            seen.setdefault(str(obj.properties.get("document_id")), []).append(
+                (obj.properties.get("content_sha256"), obj.properties.get("chunk_count"))
+            )
+        hashes: dict[str, str | None] = {}
+        for doc, rows in seen.items():
+            complete = len({h for h, _ in rows}) == 1 and {c for _, c in rows} == {len(rows)}
+            hashes[doc] = str(rows[0][0]) if complete and rows[0][0] else None
+        return hashes
+
+    async def _upsert_many(
+        self,
+        tenant_id: str,
+        documents: dict[str, tuple[str, list[DataObject[dict[str, Any], None]]]],
+        stored: dict[str, str | None],
+    ) -> None:
+        await self._ensure_tenant(tenant_id)
+        tenant = self._collection.with_tenant(tenant_id)
+        objects = [obj for _, objs in documents.values() for obj in objs]
+        for start in range(0, len(objects), INSERT_BATCH_SIZE):
+            batch = objects[start : start + INSERT_BATCH_SIZE]
+            result: BatchObjectReturn = await tenant.data.insert_many(batch)
+            if result.has_errors or result.errors:
+                raise _batch_failure(
+                    "insert",
+                    (e.message for e in result.errors.values()),
+                    len(batch),
+                    tenant_id,
+                    ",".join(documents),
+                )
+        for document_id, (sha, objs) in documents.items():
+            if document_id not in stored:
+                continue  # nothing older to replace
+            stale = _document_filter(document_id) & (
+                Filter.by_property("chunk_index").greater_or_equal(len(objs))
+                | Filter.by_property("content_sha256").not_equal(sha)
+            )
+            await self._delete_where(tenant_id, document_id, stale)
+
     async def delete_document(self, tenant_id: str, document_id: str) -> int:
         """Delete every chunk of the document; returns how many were deleted (0 if none or no tenant)."""
         validate_tenant_id(tenant_id)

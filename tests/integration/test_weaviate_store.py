@@ -184,6 +184,34 @@ async def test_update_with_fewer_chunks_replaces_the_old_version(store: ChunkSto
     assert found[0].text == new_texts[0]
 
 
+async def test_batch_upsert_writes_new_skips_unchanged_replaces_changed_and_rejects_bad(
+    store: ChunkStore,
+) -> None:
+    t = tenant("batch")
+    await store.upsert_document(t, "same", "sha-same", chunks("same", TEXTS[:1], seed=6))
+    await store.upsert_document(t, "changed", "sha-v1", chunks("changed", TEXTS, seed=7))
+    bad = chunks("bad", ["x"], seed=8)
+    bad[0].vector[:] = [float("nan")] * DIM
+    outcomes = await store.upsert_documents(
+        t,
+        [
+            ("new", "sha-new", chunks("new", TEXTS[1:], seed=9)),
+            ("same", "sha-same", chunks("same", TEXTS[:1], seed=6)),
+            ("changed", "sha-v2", chunks("changed", ["Only one chunk now"], seed=10)),
+            ("bad", "sha-bad", bad),
+        ],
+    )
+    assert outcomes["new"] == (2, False)
+    assert outcomes["same"] == (1, True)
+    assert outcomes["changed"] == (1, False)
+    assert isinstance(outcomes["bad"], PermanentError) and "NaN" in str(outcomes["bad"])
+    assert await store.count_objects(t, "new") == 2
+    assert await store.count_objects(t, "changed") == 1
+    assert await store.document_sha256(t, "changed") == "sha-v2"
+    assert await store.count_objects(t, "bad") == 0
+    assert await store.count_objects(t) == 4
+
+
 async def test_partially_written_document_reports_no_hash(store: ChunkStore) -> None:
     """A crash between writing the new chunks and deleting the old ones must force a re-ingest."""
     t = tenant("partial")
