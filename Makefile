@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
-BIN := $(VENV)/bin
+BIN := $(CURDIR)/$(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -35,7 +35,7 @@ proto-check: $(STAMP) ## fail if gen/python is not what proto/ generates
 lint: $(STAMP) proto-check ## ruff, mypy, buf lint, buf breaking against main
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared services tests
+	$(BIN)/mypy shared services tests bench
 	cd proto && ../node_modules/.bin/buf lint
 	@if git rev-parse --verify -q main >/dev/null; then \
 	  cd proto && ../node_modules/.bin/buf breaking --against '../.git#branch=main,subdir=proto'; \
