@@ -180,7 +180,12 @@ class EventGuard:
                 log.warning("transient failure, batch will be redelivered", extra={"error": repr(exc)})
                 await asyncio.sleep(self.redelivery_pause_s)
                 raise NackMessage() from exc
-            raise
+            # A bug or an unforeseen error: as for single records, park the events with the reason
+            # instead of redelivering the batch forever.
+            log.exception(
+                "unexpected batch handler error; dead-lettering the batch", extra={"error": repr(exc)}
+            )
+            rejected = [(record, exc) for record, _ in decoded]
         for record, reason in rejected:
             await self.dead_letter_or_redeliver(record, reason)
         for _, event in decoded:

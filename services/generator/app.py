@@ -1,17 +1,191 @@
-"""The generator process: FastStream app, gRPC health and reflection, metrics.
+"""The generator process: grounded answers streamed from Triton, with citations.
 
-Its handlers arrive with the issue that gives the generator its capability; until then it runs
-the shared runtime only (bus connection, health, metrics), so deployments can already wire it.
+It consumes ContextRetrieved in batches and generates the batch's requests concurrently. Per
+request: pick the model by the routing policy, pack the context under a token budget with numbered
+passages, render the versioned prompt template, stream from Triton (retrying transient failures
+within the request's deadline), publish GenerationChunk events when the caller asked for a stream,
+then QueryAnswered with the citations the answer uses, token usage, model and template versions and
+timings (queue, first_token, generate). A failure past the deadline answers QueryFailed.
 """
 
 from __future__ import annotations
 
-from faststream import FastStream
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
+from aiokafka.structs import ConsumerRecord
+from faststream import FastStream
+from llmops.query.v1.events_pb2 import ContextRetrieved
+from llmops.query.v1.query_pb2 import FailureReason
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+from services.generator import domain
+from services.generator.llm import TritonLLM
+from services.generator.prompts import TemplateRegistry, approx_token_count, citations_used, pack_context
+from services.generator.routing import RoutingPolicy
 from services.generator.settings import GeneratorSettings
+from shared.bus import Decoded, Rejected, publish_event
+from shared.errors import PermanentError, is_transient
+from shared.queries import deadline_passed, publish_query_failed
 from shared.service import ServiceRuntime
+from shared.topics import CONTEXT_RETRIEVED, GENERATION_CHUNKS, QUERY_ANSWERED
+
+
+@dataclass
+class Clients:
+    llm: TritonLLM | None = None
+    policy: RoutingPolicy | None = None
+    templates: TemplateRegistry = field(default_factory=TemplateRegistry)
+
+
+def _seconds_left(event: ContextRetrieved, default_s: float) -> float:
+    request = event.request
+    if request.HasField("deadline"):
+        return max(request.deadline.ToNanoseconds() / 1e9 - time.time(), 0.0)
+    return default_s
 
 
 def create_app(settings: GeneratorSettings | None = None) -> FastStream:
-    runtime = ServiceRuntime(settings or GeneratorSettings())
-    return runtime.app()
+    settings = settings or GeneratorSettings()
+    runtime = ServiceRuntime(settings)
+    broker = runtime.broker
+    tenants = settings.tenants.registry()
+    clients = Clients(policy=RoutingPolicy.from_json(settings.routing_policy))
+    producer = settings.service_name
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        clients.llm = TritonLLM(settings.triton.grpc_url)
+        try:
+            yield
+        finally:
+            await clients.llm.close()
+
+    async def generate_one(
+        record: ConsumerRecord[Any, Any], event: ContextRetrieved
+    ) -> tuple[Any, Any] | None:
+        assert clients.llm is not None and clients.policy is not None
+        request = event.request
+        received = time.perf_counter()
+        queue_ms = max(time.time() * 1000 - event.meta.occurred_at.ToMilliseconds(), 0.0)
+        if deadline_passed(request):
+            await publish_query_failed(
+                broker,
+                request,
+                reason=FailureReason.FAILURE_REASON_DEADLINE_EXCEEDED,
+                detail="deadline passed before generation",
+                stage=producer,
+            )
+            return None
+        try:
+            tenants.check(event.meta.tenant_id)
+            template = clients.templates.get(request.prompt_template_id or settings.default_template)
+        except PermanentError as exc:
+            await publish_query_failed(
+                broker,
+                request,
+                reason=FailureReason.FAILURE_REASON_INVALID_ARGUMENT,
+                detail=str(exc),
+                stage=producer,
+            )
+            return (record, exc)
+        target = clients.policy.choose(event.meta.tenant_id, event.meta.correlation_id)
+        context, citations = pack_context(
+            event.chunks, budget_tokens=settings.context_budget_tokens, count_tokens=approx_token_count
+        )
+        prompt = template.render(context, request.question)
+        max_tokens = request.max_tokens or template.max_tokens
+        reply_topic = request.reply_topic or ""
+        chunk_topic = GENERATION_CHUNKS.name
+        pieces: list[str] = []
+        first_token_ms: float | None = None
+        try:
+            # Retries only until the first piece: a stream cut mid-answer is not replayed.
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(lambda e: is_transient(e) and not pieces),
+                stop=stop_after_delay(max(_seconds_left(event, settings.request_timeout_s) - 0.2, 0.0)),
+                wait=wait_exponential_jitter(initial=0.1, max=2.0),
+                reraise=True,
+            ):
+                with attempt:
+                    remaining = _seconds_left(event, settings.request_timeout_s)
+                    async for piece in clients.llm.stream(
+                        target,
+                        prompt,
+                        max_tokens=max_tokens,
+                        stop=template.stop,
+                        timeout_s=max(remaining, 0.1),
+                        request_id=event.meta.correlation_id,
+                    ):
+                        if first_token_ms is None:
+                            first_token_ms = (time.perf_counter() - received) * 1000
+                        if request.stream:
+                            chunk = domain.generation_chunk(event, len(pieces), piece, producer=producer)
+                            key = event.meta.correlation_id
+                            await publish_event(broker, chunk_topic, chunk, key=key)
+                            if reply_topic and reply_topic != chunk_topic:
+                                await publish_event(broker, reply_topic, chunk, key=key)
+                        pieces.append(piece)
+        except PermanentError as exc:
+            await publish_query_failed(
+                broker,
+                request,
+                reason=FailureReason.FAILURE_REASON_INVALID_ARGUMENT,
+                detail=str(exc),
+                stage=producer,
+            )
+            return (record, exc)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            reason = (
+                FailureReason.FAILURE_REASON_DEADLINE_EXCEEDED
+                if _seconds_left(event, settings.request_timeout_s) <= 0.2
+                else FailureReason.FAILURE_REASON_UNAVAILABLE
+            )
+            await publish_query_failed(
+                broker,
+                request,
+                reason=reason,
+                detail=f"generation on {target.model} unavailable after retries: {exc}",
+                stage=producer,
+            )
+            return None
+        answer = "".join(pieces).strip()
+        answered = domain.query_answered(
+            event,
+            answer=answer,
+            citations=citations_used(answer, citations),
+            template=template,
+            target=target,
+            prompt_tokens=approx_token_count(prompt),
+            completion_tokens=len(pieces),
+            timings_ms={
+                "queue": queue_ms,
+                "first_token": first_token_ms or 0.0,
+                "generate": (time.perf_counter() - received) * 1000,
+            },
+            producer=producer,
+        )
+        key = event.meta.correlation_id
+        await publish_event(broker, QUERY_ANSWERED.name, answered, key=key)
+        if reply_topic and reply_topic != QUERY_ANSWERED.name:
+            await publish_event(broker, reply_topic, answered, key=key)
+        return None
+
+    async def generate_answers(decoded: Decoded[ContextRetrieved]) -> Rejected:
+        results = await asyncio.gather(*(generate_one(record, event) for record, event in decoded))
+        return [r for r in results if r is not None]
+
+    runtime.consume_batches(
+        CONTEXT_RETRIEVED.name,
+        ContextRetrieved,
+        generate_answers,
+        max_records=settings.max_batch_records,
+        title="generator:generate",
+    )
+    return runtime.app(lifespan=lifespan)

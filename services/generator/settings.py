@@ -5,7 +5,10 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, TritonSettings
+from shared.tenants import TenantSettings
+
+DEFAULT_ROUTING = '{"default": {"model": "tiny_llm", "version": ""}, "pinned": {}, "canary": []}'
 
 
 class GeneratorSettings(ServiceSettings):
@@ -14,3 +17,21 @@ class GeneratorSettings(ServiceSettings):
     service_name: str = Field(default="generator", description="Name in logs, metrics, traces and events.")
     grpc_port: int = Field(default=50054, description="gRPC port (health, reflection and the service's API).")
     metrics_port: int = Field(default=9104, description="Prometheus /metrics port.")
+    triton: TritonSettings = Field(default_factory=TritonSettings, description="Triton connection.")
+    tenants: TenantSettings = Field(default_factory=TenantSettings, description="Tenants served.")
+    routing_policy: str = Field(
+        default=DEFAULT_ROUTING,
+        description="RoutingPolicy as JSON: default model/version, per-tenant pins, weighted canary split.",
+    )
+    default_template: str = Field(
+        default="grounded_qa", description="Prompt template when a request names none."
+    )
+    context_budget_tokens: int = Field(
+        default=1500, description="Tokens of retrieved context packed into a prompt."
+    )
+    request_timeout_s: float = Field(
+        default=30.0, description="Deadline for a request that carries none (retries included)."
+    )
+    max_batch_records: int = Field(
+        default=16, description="Kafka records taken together; generated concurrently."
+    )

@@ -1,0 +1,216 @@
+"""Model routing: pinned tenants, deterministic canary splits, promote/rollback, JSON configuration."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+
+import pytest
+
+from services.generator.routing import ModelTarget, RoutingPolicy, Split, stable_fraction
+
+STABLE = ModelTarget("gemma", "1")
+CANDIDATE = ModelTarget("gemma", "2")
+TINY = ModelTarget("tiny_llm")
+
+
+def correlation_ids(count: int, seed: int) -> list[str]:
+    """Random uuid4 correlation ids, from a seeded generator so a failure can be replayed."""
+    rng = random.Random(seed)
+    return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(count)]
+
+
+def canary_share(policy: RoutingPolicy, ids: list[str]) -> float:
+    return sum(policy.choose("tenant", cid) == CANDIDATE for cid in ids) / len(ids)
+
+
+def test_default_serves_without_pins_or_canary() -> None:
+    policy = RoutingPolicy(default=STABLE)
+    assert {policy.choose("t", cid) for cid in correlation_ids(100, seed=1)} == {STABLE}
+
+
+def test_pinned_tenant_wins_over_canary_and_default() -> None:
+    policy = RoutingPolicy(default=STABLE, pinned={"acme": TINY}).with_canary(CANDIDATE, 0.5)
+    ids = correlation_ids(200, seed=2)
+    assert {policy.choose("acme", cid) for cid in ids} == {TINY}
+    assert {policy.choose("other", cid) for cid in ids} == {STABLE, CANDIDATE}
+
+
+def test_same_request_always_takes_the_same_route() -> None:
+    ids = correlation_ids(500, seed=3)
+    first = RoutingPolicy(default=STABLE).with_canary(CANDIDATE, 0.3)
+    again = RoutingPolicy.from_json(first.to_json())  # a new object, as in another process
+    assert [first.choose("t", cid) for cid in ids] == [again.choose("t", cid) for cid in ids]
+    assert [first.choose("t", cid) for cid in ids] == [first.choose("other", cid) for cid in ids]
+
+
+def test_route_point_is_sha256_of_the_correlation_id() -> None:
+    # Pinned values: the hash must not depend on the process (e.g. Python's randomized hash()).
+    assert stable_fraction("") == pytest.approx(0.8894159948913374)
+    assert stable_fraction("req-1") == pytest.approx(0.5794485793621024)
+    assert all(0.0 <= stable_fraction(cid) < 1.0 for cid in correlation_ids(1000, seed=4))
+
+
+@pytest.mark.parametrize(("requests", "tolerance"), [(1_000, 0.05), (10_000, 0.02)])
+def test_ninety_ten_canary_split_is_honoured(requests: int, tolerance: float) -> None:
+    policy = RoutingPolicy(default=STABLE).with_canary(CANDIDATE, 0.1)
+    ids = correlation_ids(requests, seed=requests)
+    share = canary_share(policy, ids)
+    assert abs(share - 0.1) <= tolerance, f"canary got {share:.2%} of {requests} requests"
+    assert {policy.choose("t", cid) for cid in ids} == {STABLE, CANDIDATE}
+
+
+def test_explicit_weighted_split_over_three_targets() -> None:
+    policy = RoutingPolicy(
+        default=STABLE, canary=[Split(STABLE, 0.5), Split(CANDIDATE, 0.3), Split(TINY, 0.2)]
+    )
+    ids = correlation_ids(10_000, seed=5)
+    counts = {target: 0 for target in (STABLE, CANDIDATE, TINY)}
+    for cid in ids:
+        counts[policy.choose("t", cid)] += 1
+    assert counts[STABLE] / 10_000 == pytest.approx(0.5, abs=0.02)
+    assert counts[CANDIDATE] / 10_000 == pytest.approx(0.3, abs=0.02)
+    assert counts[TINY] / 10_000 == pytest.approx(0.2, abs=0.02)
+
+
+def test_zero_weight_target_gets_nothing() -> None:
+    policy = RoutingPolicy(default=STABLE).with_canary(CANDIDATE, 1.0)
+    assert {policy.choose("t", cid) for cid in correlation_ids(1000, seed=6)} == {CANDIDATE}
+
+
+def test_raising_the_canary_share_keeps_the_requests_it_had() -> None:
+    ids = correlation_ids(2000, seed=7)
+    ten = RoutingPolicy(default=STABLE).with_canary(CANDIDATE, 0.1)
+    fifty = ten.with_canary(CANDIDATE, 0.5)
+    on_canary = [cid for cid in ids if ten.choose("t", cid) == CANDIDATE]
+    assert all(fifty.choose("t", cid) == CANDIDATE for cid in on_canary)
+    assert canary_share(fifty, ids) == pytest.approx(0.5, abs=0.05)
+
+
+def test_with_canary_promote_and_rollback_return_new_policies() -> None:
+    base = RoutingPolicy(default=STABLE, pinned={"acme": TINY})
+    canary = base.with_canary(CANDIDATE, 0.1)
+    assert canary.default == STABLE
+    assert list(canary.canary) == [Split(CANDIDATE, 0.1), Split(STABLE, 0.9)]
+    assert canary.pinned == {"acme": TINY}
+    assert base.canary == ()  # unchanged
+
+    promoted = canary.promote(CANDIDATE)
+    assert promoted == RoutingPolicy(default=CANDIDATE, pinned={"acme": TINY})
+    assert promoted.choose("t", "any") == CANDIDATE
+    assert canary.default == STABLE  # unchanged
+
+    rolled_back = canary.rollback()
+    assert rolled_back == base
+    assert {rolled_back.choose("t", cid) for cid in correlation_ids(200, seed=8)} == {STABLE}
+
+
+def test_pins_can_be_added_and_removed() -> None:
+    policy = RoutingPolicy(default=STABLE).with_pin("acme", CANDIDATE)
+    assert policy.choose("acme", "x") == CANDIDATE
+    assert policy.without_pin("acme") == RoutingPolicy(default=STABLE)
+
+
+def test_policy_owns_its_collections() -> None:
+    pinned = {"acme": TINY}
+    canary = [Split(CANDIDATE, 0.1), Split(STABLE, 0.9)]
+    policy = RoutingPolicy(default=STABLE, pinned=pinned, canary=canary)
+    pinned["other"] = CANDIDATE
+    canary.clear()
+    assert policy.pinned == {"acme": TINY}
+    assert len(policy.canary) == 2
+    with pytest.raises(AttributeError):
+        policy.default = CANDIDATE  # type: ignore[misc]
+
+
+def test_json_round_trip() -> None:
+    policy = RoutingPolicy(default=STABLE, pinned={"acme": TINY, "globex": CANDIDATE}).with_canary(
+        CANDIDATE, 0.1
+    )
+    assert RoutingPolicy.from_json(policy.to_json()) == policy
+    for simple in (RoutingPolicy(default=TINY), policy.rollback(), policy.promote(CANDIDATE)):
+        assert RoutingPolicy.from_json(simple.to_json()) == simple
+
+
+def test_json_form_for_configuration() -> None:
+    text = """
+    {"default": {"model": "gemma", "version": "1"},
+     "pinned": {"acme": {"model": "tiny_llm"}},
+     "canary": [{"model": "gemma", "version": "2", "weight": 0.1},
+                {"model": "gemma", "version": "1", "weight": 0.9}]}
+    """
+    policy = RoutingPolicy.from_json(text)
+    assert policy == RoutingPolicy(
+        default=STABLE, pinned={"acme": TINY}, canary=[Split(CANDIDATE, 0.1), Split(STABLE, 0.9)]
+    )
+    assert RoutingPolicy.from_json('{"default": {"model": "tiny_llm"}}') == RoutingPolicy(default=TINY)
+    assert json.loads(RoutingPolicy(default=TINY).to_json()) == {
+        "default": {"model": "tiny_llm", "version": ""},
+        "pinned": {},
+        "canary": [],
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("not json", "not valid JSON"),
+        ("[]", "must be a JSON object"),
+        ("{}", "no 'default'"),
+        ('{"default": {"model": "m"}, "canaries": []}', "unknown keys"),
+        ('{"default": {"model": ""}}', "empty model name"),
+        ('{"default": {"model": "m", "version": "latest"}}', "not a Triton version number"),
+        ('{"default": {"model": "m", "version": 1}}', "must be strings"),
+        ('{"default": {"model": "m"}, "pinned": []}', "must be a JSON object"),
+        ('{"default": {"model": "m"}, "canary": {}}', "must be a list"),
+        ('{"default": {"model": "m"}, "canary": [{"model": "a", "weight": "0.5"}]}', "must be a number"),
+        ('{"default": {"model": "m"}, "canary": [{"model": "a", "weight": true}]}', "must be a number"),
+        ('{"default": {"model": "m"}, "canary": [{"model": "a"}]}', "must be a number"),
+        (
+            '{"default": {"model": "m"}, "canary": '
+            '[{"model": "a", "weight": 0.5}, {"model": "b", "weight": 0.4}]}',
+            "sum to",
+        ),
+    ],
+)
+def test_invalid_json_is_rejected(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        RoutingPolicy.from_json(text)
+
+
+@pytest.mark.parametrize(
+    "canary",
+    [
+        [Split(CANDIDATE, 0.1), Split(STABLE, 0.8)],  # sums to 0.9
+        [Split(CANDIDATE, 0.6), Split(STABLE, 0.6)],  # sums to 1.2
+        [Split(CANDIDATE, 0.5), Split(CANDIDATE, 0.5)],  # same target twice
+    ],
+)
+def test_invalid_weights_raise(canary: list[Split]) -> None:
+    with pytest.raises(ValueError, match=r"sum to|more than once"):
+        RoutingPolicy(default=STABLE, canary=canary)
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5, float("nan"), float("inf")])
+def test_split_weight_must_be_in_unit_interval(weight: float) -> None:
+    with pytest.raises(ValueError, match="not in"):
+        Split(CANDIDATE, weight)
+
+
+@pytest.mark.parametrize("share", [0.0, -0.2, 1.01, float("nan")])
+def test_with_canary_rejects_bad_shares(share: float) -> None:
+    with pytest.raises(ValueError, match="share"):
+        RoutingPolicy(default=STABLE).with_canary(CANDIDATE, share)
+
+
+def test_canary_of_the_default_itself_is_rejected() -> None:
+    with pytest.raises(ValueError, match="already the default"):
+        RoutingPolicy(default=STABLE).with_canary(ModelTarget("gemma", "1"), 0.1)
+
+
+def test_model_target_text() -> None:
+    assert str(STABLE) == "gemma:1"
+    assert str(TINY) == "tiny_llm"
+    with pytest.raises(ValueError, match="empty model name"):
+        ModelTarget(" ")
