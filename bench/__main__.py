@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.bus import run_bus
 from bench.embedding import run_embedding
+from bench.generation import run_generation
 from bench.ingest import run_ingest
 from bench.report import RESULTS_DIR, Row, environment, markdown_table, status, write_results
 from bench.retrieval import run_with_raw, to_rows
@@ -23,7 +24,7 @@ from shared.infra.stack import Stack
 # Ports from 33000 (Kafka broker 33092, controller 33093): other stacks on this machine use
 # 19000, 29000 and 31000.
 PORT_BASE = 33000
-BENCHMARKS = ("bus", "embedding", "ingest", "retrieval")
+BENCHMARKS = ("bus", "embedding", "ingest", "retrieval", "generation")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -136,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "retrieval" in selected:
         retrieval_rows, raw["retrieval"] = run_with_raw(vectors=args.vectors)
         rows += to_rows(retrieval_rows)
+    if "generation" in selected:
+        generation_rows, raw["generation"] = run_generation()
+        rows += generation_rows
     elapsed = time.perf_counter() - started
     raw["wall_s"] = round(elapsed, 1)
     env = environment()

@@ -11,6 +11,7 @@ timings (queue, first_token, generate). A failure past the deadline answers Quer
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -56,6 +57,7 @@ def create_app(settings: GeneratorSettings | None = None) -> FastStream:
     tenants = settings.tenants.registry()
     clients = Clients(policy=RoutingPolicy.from_json(settings.routing_policy))
     producer = settings.service_name
+    extra_sampling = json.loads(settings.sampling_parameters)
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
@@ -120,6 +122,7 @@ def create_app(settings: GeneratorSettings | None = None) -> FastStream:
                         stop=template.stop,
                         timeout_s=max(remaining, 0.1),
                         request_id=event.meta.correlation_id,
+                        extra_sampling=extra_sampling,
                     ):
                         if first_token_ms is None:
                             first_token_ms = (time.perf_counter() - received) * 1000

@@ -79,9 +79,15 @@ class TritonLLM:
         temperature: float = 0.0,
         timeout_s: float = 30.0,
         request_id: str = "",
+        extra_sampling: dict[str, Any] | None = None,
     ) -> AsyncIterator[str]:
         """Yield answer pieces as Triton produces them; stop sequences end the stream early."""
-        sampling = {"max_tokens": max_tokens, "temperature": temperature, "stop": list(stop)}
+        sampling = {
+            **(extra_sampling or {}),
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stop": list(stop),
+        }
         inputs = [
             _tensor("text_input", prompt.encode("utf-8"), "BYTES"),
             _tensor("max_tokens", max_tokens, "INT32"),

@@ -32,6 +32,10 @@ class GeneratorSettings(ServiceSettings):
     request_timeout_s: float = Field(
         default=30.0, description="Deadline for a request that carries none (retries included)."
     )
+    sampling_parameters: str = Field(
+        default="{}",
+        description="JSON merged into every request's sampling_parameters (e.g. top_p, repetition_penalty).",
+    )
     max_batch_records: int = Field(
         default=16, description="Kafka records taken together; generated concurrently."
     )

@@ -14,6 +14,7 @@ sys.path[:0] = [p for p in os.environ.get("LLMOPS_TRITON_PYTHONPATH", "").split(
 
 import json
 import re
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -45,12 +46,16 @@ class TritonPythonModel:
             prompt = prompt.decode() if isinstance(prompt, bytes) else str(prompt)
             max_tokens = int(_optional_scalar(request, "max_tokens", 64))
             params = _optional_scalar(request, "sampling_parameters", b"")
-            if params:
-                max_tokens = int(json.loads(params).get("max_tokens", max_tokens))
+            sampling = json.loads(params) if params else {}
+            max_tokens = int(sampling.get("max_tokens", max_tokens))
+            # Benchmarks set a decode time per token, so overhead is measured at an LLM's cadence.
+            delay_s = float(sampling.get("token_delay_ms", 0)) / 1000
             stream = bool(_optional_scalar(request, "stream", True))
             words = _answer_words(prompt)[:max_tokens]
             pieces = [w if i == 0 else " " + w for i, w in enumerate(words)] if stream else [" ".join(words)]
             for piece in pieces:
+                if delay_s:
+                    time.sleep(delay_s)
                 out = pb_utils.Tensor("text_output", np.array([piece.encode()], dtype=np.object_))
                 sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
