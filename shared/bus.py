@@ -104,6 +104,20 @@ def _header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
 # What a batch handler gets (record and decoded event pairs) and gives back (pairs that failed for good).
 Decoded = list[tuple[ConsumerRecord[Any, Any], M]]
 Rejected = list[tuple[ConsumerRecord[Any, Any], BaseException]]
+OneRejected = tuple[ConsumerRecord[Any, Any], BaseException] | None
+
+
+def concurrently(
+    handle_one: Callable[[ConsumerRecord[Any, Any], M], Awaitable[OneRejected]],
+) -> Callable[[Decoded[M]], Awaitable[Rejected]]:
+    """A batch handler that runs `handle_one` for every event of the batch at once (I/O-bound work:
+    searches, generations) and collects the events it rejected for good."""
+
+    async def handle(decoded: Decoded[M]) -> Rejected:
+        results = await asyncio.gather(*(handle_one(record, event) for record, event in decoded))
+        return [r for r in results if r is not None]
+
+    return handle
 
 
 class EventGuard:

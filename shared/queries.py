@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from faststream.kafka import KafkaBroker
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from llmops.query.v1.events_pb2 import QueryFailed, QueryRequested
 from llmops.query.v1.query_pb2 import FailureReason
@@ -36,8 +37,13 @@ async def publish_query_failed(
         detail=detail[:1000],
         failed_stage=stage,
     )
-    key = request.meta.correlation_id
-    await publish_event(broker, QUERY_FAILED.name, failed, key=key)
-    if request.reply_topic and request.reply_topic != QUERY_FAILED.name:
-        await publish_event(broker, request.reply_topic, failed, key=key)
+    await publish_reply(broker, QUERY_FAILED.name, request, failed)
     return failed
+
+
+async def publish_reply(broker: KafkaBroker, topic: str, request: QueryRequested, event: Message) -> None:
+    """Publish a reply to its catalog topic (what the monitor reads) and to the request's reply topic."""
+    key = request.meta.correlation_id
+    await publish_event(broker, topic, event, key=key)
+    if request.reply_topic and request.reply_topic != topic:
+        await publish_event(broker, request.reply_topic, event, key=key)

@@ -10,7 +10,6 @@ timings (queue, first_token, generate). A failure past the deadline answers Quer
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -29,9 +28,9 @@ from services.generator.llm import TritonLLM
 from services.generator.prompts import TemplateRegistry, approx_token_count, citations_used, pack_context
 from services.generator.routing import RoutingPolicy
 from services.generator.settings import GeneratorSettings
-from shared.bus import Decoded, Rejected, publish_event
+from shared.bus import concurrently
 from shared.errors import PermanentError, is_transient
-from shared.queries import deadline_passed, publish_query_failed
+from shared.queries import deadline_passed, publish_query_failed, publish_reply
 from shared.service import ServiceRuntime
 from shared.topics import CONTEXT_RETRIEVED, GENERATION_CHUNKS, QUERY_ANSWERED
 
@@ -101,8 +100,6 @@ def create_app(settings: GeneratorSettings | None = None) -> FastStream:
         )
         prompt = template.render(context, request.question)
         max_tokens = request.max_tokens or template.max_tokens
-        reply_topic = request.reply_topic or ""
-        chunk_topic = GENERATION_CHUNKS.name
         pieces: list[str] = []
         first_token_ms: float | None = None
         try:
@@ -128,10 +125,7 @@ def create_app(settings: GeneratorSettings | None = None) -> FastStream:
                             first_token_ms = (time.perf_counter() - received) * 1000
                         if request.stream:
                             chunk = domain.generation_chunk(event, len(pieces), piece, producer=producer)
-                            key = event.meta.correlation_id
-                            await publish_event(broker, chunk_topic, chunk, key=key)
-                            if reply_topic and reply_topic != chunk_topic:
-                                await publish_event(broker, reply_topic, chunk, key=key)
+                            await publish_reply(broker, GENERATION_CHUNKS.name, request, chunk)
                         pieces.append(piece)
         except PermanentError as exc:
             await publish_query_failed(
@@ -174,20 +168,13 @@ def create_app(settings: GeneratorSettings | None = None) -> FastStream:
             },
             producer=producer,
         )
-        key = event.meta.correlation_id
-        await publish_event(broker, QUERY_ANSWERED.name, answered, key=key)
-        if reply_topic and reply_topic != QUERY_ANSWERED.name:
-            await publish_event(broker, reply_topic, answered, key=key)
+        await publish_reply(broker, QUERY_ANSWERED.name, request, answered)
         return None
-
-    async def generate_answers(decoded: Decoded[ContextRetrieved]) -> Rejected:
-        results = await asyncio.gather(*(generate_one(record, event) for record, event in decoded))
-        return [r for r in results if r is not None]
 
     runtime.consume_batches(
         CONTEXT_RETRIEVED.name,
         ContextRetrieved,
-        generate_answers,
+        concurrently(generate_one),
         max_records=settings.max_batch_records,
         title="generator:generate",
     )

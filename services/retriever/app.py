@@ -22,7 +22,7 @@ from llmops.retrieval.v1 import retriever_service_pb2_grpc as pb_grpc
 from services.retriever import domain
 from services.retriever.settings import RetrieverSettings
 from services.retriever.store import ChunkStore, connect_store
-from shared.bus import Decoded, Rejected, protobuf_decoder, publish_event
+from shared.bus import Decoded, Rejected, concurrently, protobuf_decoder, publish_event
 from shared.errors import PermanentError, RetryableError
 from shared.events import follow_meta
 from shared.grpc_server import Registration
@@ -201,10 +201,6 @@ def create_app(settings: RetrieverSettings | None = None) -> FastStream:
         await publish_event(broker, CONTEXT_RETRIEVED.name, out, key=request.meta.correlation_id)
         return None
 
-    async def retrieve_contexts(decoded: Decoded[QueryEmbedded]) -> Rejected:
-        results = await asyncio.gather(*(retrieve_one(record, event) for record, event in decoded))
-        return [r for r in results if r is not None]
-
     runtime.consume_batches(
         CHUNKS_EMBEDDED.name,
         ChunksEmbedded,
@@ -216,7 +212,7 @@ def create_app(settings: RetrieverSettings | None = None) -> FastStream:
     runtime.consume_batches(
         QUERY_EMBEDDED.name,
         QueryEmbedded,
-        retrieve_contexts,
+        concurrently(retrieve_one),
         max_records=settings.max_batch_records,
         title="retriever:query",
     )
