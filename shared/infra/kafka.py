@@ -223,8 +223,28 @@ class KafkaCluster:
             if new:
                 with contextlib.suppress(TopicAlreadyExistsError):  # another starter won the race
                     await admin.create_topics(new)
+            await self._wait_topics_visible(admin)
         finally:
             await admin.close()
+
+    async def _wait_topics_visible(self, admin: AIOKafkaAdminClient, timeout_s: float = 60.0) -> None:
+        """Return once every catalog topic has all its partitions in the metadata brokers serve:
+        right after creation a broker may still answer with none, and clients would fail."""
+        expected = {t.name: t.partitions for t in CATALOG}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        missing: list[str] = list(expected)
+        while loop.time() < deadline:
+            described = await admin.describe_topics(list(expected))
+            missing = [
+                d["topic"]
+                for d in described
+                if d["error_code"] != 0 or len(d["partitions"]) != expected.get(d["topic"], -1)
+            ]
+            if not missing:
+                return
+            await asyncio.sleep(0.25)
+        raise InfraError(f"catalog topics not visible after {timeout_s:.0f}s: {missing}")
 
 
 def _port_open(port: int) -> bool:
