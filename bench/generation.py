@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,10 +29,9 @@ from llmops.query.v1.query_pb2 import RetrievedChunk
 from tritonclient.grpc import InferInput
 
 from bench.report import Row, status
-from services.cli.stack import grpc_serving
+from services.cli.stack import service_process
 from services.generator.prompts import TemplateRegistry, approx_token_count, pack_context
 from shared.events import event_headers, new_meta
-from shared.infra.process import ManagedProcess
 from shared.infra.stack import Stack
 from shared.topics import CONTEXT_RETRIEVED
 
@@ -149,17 +147,12 @@ def run_generation(requests: int = 20) -> tuple[list[Row], dict[str, Any]]:
         stack = Stack(
             Path(state_dir), port_base=PORT_BASE, components=("kafka", "triton"), triton_models=["tiny_llm"]
         )
-        grpc_port = PORT_BASE + 54
-        generator = ManagedProcess(
-            name="generator",
-            command=[sys.executable, "-m", "services.generator"],
-            state_dir=stack.state_dir,
-            health=lambda: grpc_serving(f"127.0.0.1:{grpc_port}"),
+        generator = service_process(
+            stack,
+            "generator",
+            grpc_port=PORT_BASE + 54,
             env={
-                **stack.endpoints(),
                 "LLMOPS_TENANTS_KNOWN": "bench",
-                "LLMOPS_GENERATOR_GRPC_PORT": str(grpc_port),
-                "LLMOPS_GENERATOR_METRICS_PORT": "0",
                 "LLMOPS_GENERATOR_LOG_LEVEL": "WARNING",
                 "LLMOPS_GENERATOR_SAMPLING_PARAMETERS": json.dumps({"token_delay_ms": TOKEN_DELAY_MS}),
             },

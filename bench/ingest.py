@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from llmops.ingest.v1.events_pb2 import DocumentIndexed, DocumentIngestRequested
 
 from bench.embedding import make_texts, raw_throughput
 from bench.report import Row, status
-from services.cli.stack import grpc_serving
+from services.cli.stack import service_process
 from services.embedder.chunking import Chunker, load_tokenizer
 from services.embedder.embedding import load_embedder
 from services.embedder.settings import EmbedderSettings
@@ -38,19 +37,14 @@ BATCH_SIZE = EmbedderSettings().batch_size
 
 
 def _service(stack: Stack, name: str, grpc_port: int) -> ManagedProcess:
-    prefix = f"LLMOPS_{name.upper()}_"
-    return ManagedProcess(
-        name=name,
-        command=[sys.executable, "-m", f"services.{name}"],
-        state_dir=stack.state_dir,
-        health=lambda: grpc_serving(f"127.0.0.1:{grpc_port}"),
+    return service_process(
+        stack,
+        name,
+        grpc_port=grpc_port,
         env={
-            **stack.endpoints(),
             "LLMOPS_WEAVIATE_COLLECTION": "BenchChunk",
             "LLMOPS_TENANTS_KNOWN": TENANT,
-            f"{prefix}GRPC_PORT": str(grpc_port),
-            f"{prefix}METRICS_PORT": "0",
-            f"{prefix}LOG_LEVEL": "WARNING",
+            f"LLMOPS_{name.upper()}_LOG_LEVEL": "WARNING",
         },
         start_timeout_s=300,
     )

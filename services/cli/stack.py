@@ -36,6 +36,32 @@ def grpc_serving(target: str, timeout_s: float = 1.0) -> bool:
     return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+def service_process(
+    stack: Stack,
+    name: str,
+    *,
+    grpc_port: int,
+    metrics_port: int = 0,
+    env: dict[str, str] | None = None,
+    start_timeout_s: float = 60,
+) -> ManagedProcess:
+    """`python -m services.<name>` wired to `stack`, healthy once its gRPC health reports SERVING."""
+    prefix = f"LLMOPS_{name.upper()}_"
+    return ManagedProcess(
+        name=name,
+        command=[sys.executable, "-m", f"services.{name}"],
+        state_dir=stack.state_dir,
+        health=lambda: grpc_serving(f"127.0.0.1:{grpc_port}"),
+        env={
+            **stack.endpoints(),
+            f"{prefix}GRPC_PORT": str(grpc_port),
+            f"{prefix}METRICS_PORT": str(metrics_port),
+            **(env or {}),
+        },
+        start_timeout_s=start_timeout_s,
+    )
+
+
 @dataclass
 class Platform:
     stack: Stack
@@ -46,20 +72,15 @@ class Platform:
 
     def service(self, name: str) -> ManagedProcess:
         grpc_port, metrics_port = SERVICE_PORTS[name]
-        prefix = f"LLMOPS_{name.upper()}_"
-        return ManagedProcess(
-            name=name,
-            command=[sys.executable, "-m", f"services.{name}"],
-            state_dir=self.state_dir,
-            health=lambda: grpc_serving(f"127.0.0.1:{grpc_port}"),
+        return service_process(
+            self.stack,
+            name,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
             env={
-                **self.stack.endpoints(),
                 "LLMOPS_GATEWAY_API_KEYS_FILE": str(self.api_keys_file),
-                f"{prefix}GRPC_PORT": str(grpc_port),
-                f"{prefix}METRICS_PORT": str(metrics_port),
-                f"{prefix}IDEMPOTENCY_DB": str(self.state_dir / name / "processed.db"),
+                f"LLMOPS_{name.upper()}_IDEMPOTENCY_DB": str(self.state_dir / name / "processed.db"),
             },
-            start_timeout_s=60,
         )
 
     @property

@@ -55,6 +55,7 @@ from weaviate.exceptions import (
 )
 from weaviate.util import generate_uuid5
 
+from services.retriever.domain import MAX_TOP_K
 from shared.errors import PermanentError, RetryableError, is_transient
 from shared.retry import retry_transient
 
@@ -65,7 +66,6 @@ DEFAULT_COLLECTION = "Chunk"
 TENANT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_TOP_K = 5
 DEFAULT_ALPHA = 0.5  # when the request leaves alpha unset: BM25 and vector weigh the same
-MAX_TOP_K = 100
 # Weaviate returns (and batch-deletes) at most QUERY_MAXIMUM_RESULTS = 10,000 objects per request;
 # a document is kept within one such page so its consistency check reads it whole.
 MAX_CHUNKS_PER_DOCUMENT = 10_000
@@ -413,30 +413,7 @@ class ChunkStore:
         return await self._call("document_sha256", lambda: self._document_sha256(tenant_id, document_id))
 
     async def _document_sha256(self, tenant_id: str, document_id: str) -> str | None:
-        if not await self._tenant_exists(tenant_id):
-            return None
-        result = await self._collection.with_tenant(tenant_id).query.fetch_objects(
-            filters=_document_filter(document_id),
-            limit=MAX_CHUNKS_PER_DOCUMENT,
-            return_properties=["content_sha256", "chunk_count"],
-        )
-        objects = result.objects
-        if not objects:
-            return None
-        hashes = {obj.properties.get("content_sha256") for obj in objects}
-        counts = {obj.properties.get("chunk_count") for obj in objects}
-        if len(hashes) != 1 or counts != {len(objects)}:
-            log.warning(
-                "document %s/%s is partially written (%d objects, hashes %s, counts %s)",
-                tenant_id,
-                document_id,
-                len(objects),
-                len(hashes),
-                sorted(str(c) for c in counts),
-            )
-            return None
-        sha = hashes.pop()
-        return sha if isinstance(sha, str) and sha else None
+        return (await self._stored_hashes(tenant_id, [document_id])).get(document_id)
 
     async def upsert_document(
         self,
@@ -511,6 +488,15 @@ class ChunkStore:
         content_sha256: str,
         objects: list[DataObject[dict[str, Any], None]],
     ) -> int:
+        await self._insert(tenant_id, objects, document_id)
+        # The new version is complete: drop what is left of older ones (more chunks, other hash).
+        await self._delete_stale(tenant_id, document_id, content_sha256, len(objects))
+        return len(objects)
+
+    async def _insert(
+        self, tenant_id: str, objects: list[DataObject[dict[str, Any], None]], label: str
+    ) -> None:
+        """Write objects in gRPC batches; any object error fails the call (RetryableError or Permanent)."""
         await self._ensure_tenant(tenant_id)
         tenant = self._collection.with_tenant(tenant_id)
         for start in range(0, len(objects), INSERT_BATCH_SIZE):
@@ -522,17 +508,19 @@ class ChunkStore:
                     (error.message for error in result.errors.values()),
                     len(batch),
                     tenant_id,
-                    document_id,
+                    label,
                 )
-        # The new version is complete: drop what is left of older ones (more chunks, other hash).
+
+    async def _delete_stale(self, tenant_id: str, document_id: str, content_sha256: str, count: int) -> int:
+        """Delete the document's chunks that the version (hash, chunk count) just written does not own."""
         stale = _document_filter(document_id) & (
-            Filter.by_property("chunk_index").greater_or_equal(len(objects))
+            Filter.by_property("chunk_index").greater_or_equal(count)
             | Filter.by_property("content_sha256").not_equal(content_sha256)
         )
         removed = await self._delete_where(tenant_id, document_id, stale)
         if removed:
             log.info("replaced %s/%s: %d stale chunks removed", tenant_id, document_id, removed)
-        return len(objects)
+        return removed
 
     async def upsert_documents(
         self, tenant_id: str, documents: Sequence[tuple[str, str, Sequence[EmbeddedChunk]]]
@@ -580,7 +568,16 @@ class ChunkStore:
         hashes: dict[str, str | None] = {}
         for doc, rows in seen.items():
             complete = len({h for h, _ in rows}) == 1 and {c for _, c in rows} == {len(rows)}
-            hashes[doc] = str(rows[0][0]) if complete and rows[0][0] else None
+            if not complete:
+                log.warning(
+                    "document %s/%s is partially written (%d objects, hashes %s, counts %s)",
+                    tenant_id,
+                    doc,
+                    len(rows),
+                    len({h for h, _ in rows}),
+                    sorted(str(c) for _, c in rows),
+                )
+            hashes[doc] = str(rows[0][0]) if complete and isinstance(rows[0][0], str) and rows[0][0] else None
         return hashes
 
     async def _upsert_many(
@@ -589,28 +586,11 @@ class ChunkStore:
         documents: dict[str, tuple[str, list[DataObject[dict[str, Any], None]]]],
         stored: dict[str, str | None],
     ) -> None:
-        await self._ensure_tenant(tenant_id)
-        tenant = self._collection.with_tenant(tenant_id)
         objects = [obj for _, objs in documents.values() for obj in objs]
-        for start in range(0, len(objects), INSERT_BATCH_SIZE):
-            batch = objects[start : start + INSERT_BATCH_SIZE]
-            result: BatchObjectReturn = await tenant.data.insert_many(batch)
-            if result.has_errors or result.errors:
-                raise _batch_failure(
-                    "insert",
-                    (e.message for e in result.errors.values()),
-                    len(batch),
-                    tenant_id,
-                    ",".join(documents),
-                )
+        await self._insert(tenant_id, objects, ",".join(documents))
         for document_id, (sha, objs) in documents.items():
-            if document_id not in stored:
-                continue  # nothing older to replace
-            stale = _document_filter(document_id) & (
-                Filter.by_property("chunk_index").greater_or_equal(len(objs))
-                | Filter.by_property("content_sha256").not_equal(sha)
-            )
-            await self._delete_where(tenant_id, document_id, stale)
+            if document_id in stored:  # only an older version has anything to replace
+                await self._delete_stale(tenant_id, document_id, sha, len(objs))
 
     async def delete_document(self, tenant_id: str, document_id: str) -> int:
         """Delete every chunk of the document; returns how many were deleted (0 if none or no tenant)."""

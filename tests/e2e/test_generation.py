@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from llmops.query.v1.query_pb2 import FailureReason, RetrievedChunk
 from shared.events import new_meta
 from shared.topics import CONTEXT_RETRIEVED
 from tests.support.kafka_tools import create_topics, produce_events, read_all, unique_topic
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, closed_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -33,12 +32,6 @@ POLICY = {
     "pinned": {"tenant-ghost": {"model": "ghost_llm", "version": ""}},  # a model Triton does not serve
     "canary": [],
 }
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def generator(
@@ -166,7 +159,7 @@ async def test_triton_down_gives_query_failed_and_the_service_keeps_running(
 ) -> None:
     # Its own tenant: the live generator (another consumer group) refuses these as unknown.
     workdir = tmp_path_factory.mktemp("gen-down")
-    proc = generator(kafka, f"127.0.0.1:{_closed_port()}", workdir, "gen-down", tenants="tenant-down")
+    proc = generator(kafka, f"127.0.0.1:{closed_port()}", workdir, "gen-down", tenants="tenant-down")
     try:
         reply_topic = unique_topic("down")
         await create_topics(kafka, reply_topic, partitions=1)

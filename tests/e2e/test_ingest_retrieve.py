@@ -28,7 +28,7 @@ from shared.events import new_meta
 from shared.infra.stack import Stack
 from shared.topics import CONTEXT_RETRIEVED, DEAD_LETTER, INGEST_REQUESTED, QUERY_REQUESTED
 from tests.support.kafka_tools import produce_events, produce_raw, read_all
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, platform_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -111,7 +111,6 @@ def platform(
         "LLMOPS_GATEWAY_MAX_DOCUMENT_BYTES": "200000",
         "LLMOPS_EMBEDDER_MAX_DOCUMENT_BYTES": "200000",
     }
-    procs: dict[str, ServiceProcess] = {}
     client = weaviate_client.connect_to_custom(
         http_host="127.0.0.1",
         http_port=test_stack.weaviate.http_port,
@@ -121,15 +120,9 @@ def platform(
         grpc_secure=False,
     )
     try:
-        for name in ("embedder", "retriever", "gateway"):
-            prefix = f"LLMOPS_{name.upper()}_"
-            env = {**common, f"{prefix}GRPC_PORT": "0", f"{prefix}METRICS_PORT": "0"}
-            procs[name] = ServiceProcess(name, ["-m", f"services.{name}"], env, workdir, env_prefix=prefix)
-            procs[name].start(timeout_s=240)
-        yield Platform(procs, keys, client)
+        with platform_services(("embedder", "retriever", "gateway"), common, workdir) as procs:
+            yield Platform(procs, keys, client)
     finally:
-        for proc in procs.values():
-            proc.kill()
         client.close()
 
 

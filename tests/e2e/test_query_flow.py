@@ -15,7 +15,7 @@ from shared.events import new_meta
 from shared.infra.stack import Stack
 from shared.topics import DOCUMENT_INDEXED, INGEST_REQUESTED, QUERY_REQUESTED
 from tests.support.kafka_tools import create_topics, produce_events, read_all, unique_topic
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, platform_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -29,31 +29,18 @@ DOCS = {
 def pipeline(
     kafka: str, weaviate: str, triton: str, test_stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ServiceProcess]]:
-    workdir = tmp_path_factory.mktemp("flow")
-    common = {
+    names = ("embedder", "retriever", "generator")
+    env = {
         "LLMOPS_KAFKA_BOOTSTRAP_SERVERS": kafka,
         "LLMOPS_WEAVIATE_URL": weaviate,
         "LLMOPS_WEAVIATE_GRPC_PORT": str(test_stack.weaviate.grpc_port),
         "LLMOPS_WEAVIATE_COLLECTION": "ChunkFlow",
         "LLMOPS_TRITON_GRPC_URL": triton,
         "LLMOPS_TENANTS_KNOWN": "flow",
+        **{f"LLMOPS_{name.upper()}_CONSUMER_GROUP": f"flow-{name}" for name in names},
     }
-    procs: dict[str, ServiceProcess] = {}
-    try:
-        for name in ("embedder", "retriever", "generator"):
-            prefix = f"LLMOPS_{name.upper()}_"
-            env = {
-                **common,
-                f"{prefix}GRPC_PORT": "0",
-                f"{prefix}METRICS_PORT": "0",
-                f"{prefix}CONSUMER_GROUP": f"flow-{name}",
-            }
-            procs[name] = ServiceProcess(name, ["-m", f"services.{name}"], env, workdir, env_prefix=prefix)
-            procs[name].start(timeout_s=240)
+    with platform_services(names, env, tmp_path_factory.mktemp("flow")) as procs:
         yield procs
-    finally:
-        for proc in procs.values():
-            proc.kill()
 
 
 async def test_query_event_is_answered_with_a_citation_of_the_right_document(

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from shared.infra.stack import Stack
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, platform_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -22,25 +22,13 @@ SERVICES = ["embedder", "retriever", "generator", "monitor", "finetune", "gatewa
 def running_services(
     kafka: str, weaviate: str, test_stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ServiceProcess]]:
-    workdir: Path = tmp_path_factory.mktemp("services")
-    procs: dict[str, ServiceProcess] = {}
-    try:
-        for name in SERVICES:
-            prefix = f"LLMOPS_{name.upper()}_"
-            env = {
-                "LLMOPS_KAFKA_BOOTSTRAP_SERVERS": kafka,
-                "LLMOPS_WEAVIATE_URL": weaviate,
-                "LLMOPS_WEAVIATE_GRPC_PORT": str(test_stack.weaviate.grpc_port),
-                f"{prefix}GRPC_PORT": "0",
-                f"{prefix}METRICS_PORT": "0",
-            }
-            procs[name] = ServiceProcess(
-                name, ["-m", f"services.{name}"], env, workdir, env_prefix=prefix
-            ).start()
+    env = {
+        "LLMOPS_KAFKA_BOOTSTRAP_SERVERS": kafka,
+        "LLMOPS_WEAVIATE_URL": weaviate,
+        "LLMOPS_WEAVIATE_GRPC_PORT": str(test_stack.weaviate.grpc_port),
+    }
+    with platform_services(SERVICES, env, tmp_path_factory.mktemp("services")) as procs:
         yield procs
-    finally:
-        for proc in procs.values():
-            proc.kill()
 
 
 @pytest.mark.parametrize("name", SERVICES)

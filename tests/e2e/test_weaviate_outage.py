@@ -18,7 +18,7 @@ from shared.events import new_meta
 from shared.infra.stack import Stack
 from shared.topics import DOCUMENT_INDEXED, INGEST_REQUESTED, QUERY_FAILED, QUERY_REQUESTED
 from tests.support.kafka_tools import produce_events, read_all
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, platform_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -48,17 +48,8 @@ def services(
         "LLMOPS_EMBEDDER_CONSUMER_GROUP": "outage-embedder",
         "LLMOPS_RETRIEVER_CONSUMER_GROUP": "outage-retriever",
     }
-    procs: dict[str, ServiceProcess] = {}
-    try:
-        for name in ("embedder", "retriever"):
-            prefix = f"LLMOPS_{name.upper()}_"
-            env = {**common, f"{prefix}GRPC_PORT": "0", f"{prefix}METRICS_PORT": "0"}
-            procs[name] = ServiceProcess(name, ["-m", f"services.{name}"], env, workdir, env_prefix=prefix)
-            procs[name].start(timeout_s=240)
+    with platform_services(("embedder", "retriever"), common, workdir) as procs:
         yield procs
-    finally:
-        for proc in procs.values():
-            proc.kill()
 
 
 async def test_ingest_during_outage_is_indexed_after_recovery_and_queries_fail_clearly(

@@ -6,7 +6,6 @@ collection of this module's own, so tests neither see nor disturb each other's o
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -41,6 +40,7 @@ from services.retriever.store import (
 )
 from shared.errors import PermanentError, RetryableError
 from shared.infra.stack import Stack
+from tests.support.processes import closed_port
 
 pytestmark = pytest.mark.integration
 
@@ -460,17 +460,11 @@ def test_is_weaviate_transient_classifies_failures(exc: BaseException, transient
     assert is_weaviate_transient(exc) is transient
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_connect_to_a_closed_port_is_retryable_after_the_budget() -> None:
-    port = _closed_port()
+    port = closed_port()
     started = time.monotonic()
     with pytest.raises(RetryableError, match="connect"):
-        await connect_store(f"http://127.0.0.1:{port}", _closed_port(), retry=FAST_FAIL)
+        await connect_store(f"http://127.0.0.1:{port}", closed_port(), retry=FAST_FAIL)
     assert time.monotonic() - started < 10
 
 
@@ -479,7 +473,7 @@ async def test_calls_when_grpc_is_down_are_retryable_after_the_budget(
 ) -> None:
     """REST answers but the gRPC port is closed: the client's own 1-2-4-8 s retries are cut short."""
     port = int(weaviate.rsplit(":", 1)[1])
-    client = weaviate_client_with_grpc_port(port, _closed_port())
+    client = weaviate_client_with_grpc_port(port, closed_port())
     await client.connect()
     broken = ChunkStore(client, COLLECTION, retry=FAST_FAIL)
     t = tenant("down")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +66,31 @@ class ServiceProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound once by us, then released): to fake a down server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def platform_services(
+    names: Iterable[str], env: Mapping[str, str], workdir: Path, timeout_s: float = 240.0
+) -> Iterator[dict[str, ServiceProcess]]:
+    """Start `python -m services.<name>` for each name (free gRPC and metrics ports, `env` added),
+    in order and each ready before the next; kill them all on exit."""
+    procs: dict[str, ServiceProcess] = {}
+    try:
+        for name in names:
+            prefix = f"LLMOPS_{name.upper()}_"
+            service_env = {**env, f"{prefix}GRPC_PORT": "0", f"{prefix}METRICS_PORT": "0"}
+            procs[name] = ServiceProcess(
+                name, ["-m", f"services.{name}"], service_env, workdir, env_prefix=prefix
+            )
+            procs[name].start(timeout_s=timeout_s)
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.kill()
