@@ -9,6 +9,10 @@ from pathlib import Path
 
 import grpc
 
+from shared.errors import PermanentError
+from shared.grpc_errors import abort
+from shared.tenants import TenantRegistry
+
 API_KEY_HEADER = "x-api-key"
 
 
@@ -35,11 +39,31 @@ class ApiKeys:
         metadata = dict(context.invocation_metadata() or ())
         api_key = metadata.get(API_KEY_HEADER)
         if not isinstance(api_key, str) or not api_key:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"missing {API_KEY_HEADER} metadata")
+            await abort(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"missing {API_KEY_HEADER} metadata",
+                reason="API_KEY_MISSING",
+            )
         tenant = self.tenant_for(str(api_key))
         if tenant is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid API key")
+            await abort(context, grpc.StatusCode.UNAUTHENTICATED, "invalid API key", reason="API_KEY_INVALID")
         return str(tenant)
+
+
+class Caller:
+    """Who is calling: the tenant of the call's API key, which must be a tenant this deployment serves."""
+
+    def __init__(self, api_keys: ApiKeys, tenants: TenantRegistry) -> None:
+        self.api_keys = api_keys
+        self.tenants = tenants
+
+    async def tenant(self, context: grpc.aio.ServicerContext) -> str:
+        tenant = await self.api_keys.authenticate(context)
+        try:
+            return self.tenants.check(tenant)
+        except PermanentError as exc:
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc), reason="TENANT_NOT_SERVED")
 
 
 def issue_key(path: Path, tenant_id: str) -> str:

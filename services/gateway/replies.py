@@ -1,4 +1,10 @@
-"""Waiting for a reply event on the bus, keyed by correlation id."""
+"""Callers waiting for reply events on the bus, keyed by correlation id.
+
+Each waiting caller has an inbox (a queue): a unary call takes the first final event from it, a
+stream takes generation chunks and then the final event. Events for nobody waiting (another
+replica's caller, a caller that gave up, a redelivered duplicate) are dropped, so a reply reaches
+its caller at most once.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +13,23 @@ from typing import Any
 
 
 class PendingReplies:
-    """Futures of callers waiting for an event with their correlation id."""
-
     def __init__(self) -> None:
-        self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self._inboxes: dict[str, asyncio.Queue[Any]] = {}
 
-    def expect(self, correlation_id: str) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[correlation_id] = future
-        return future
+    def expect(self, correlation_id: str) -> asyncio.Queue[Any]:
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._inboxes[correlation_id] = inbox
+        return inbox
 
-    def resolve(self, correlation_id: str, event: Any) -> bool:
-        future = self._waiting.pop(correlation_id, None)
-        if future is None or future.done():
+    def deliver(self, correlation_id: str, event: Any) -> bool:
+        inbox = self._inboxes.get(correlation_id)
+        if inbox is None:
             return False
-        future.set_result(event)
+        inbox.put_nowait(event)
         return True
 
     def forget(self, correlation_id: str) -> None:
-        future = self._waiting.pop(correlation_id, None)
-        if future is not None and not future.done():
-            future.cancel()
+        self._inboxes.pop(correlation_id, None)
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return len(self._inboxes)

@@ -26,3 +26,27 @@ class GatewaySettings(ServiceSettings):
     default_wait_s: float = Field(
         default=60.0, description="How long Ingest(wait_indexed) waits when the caller sets no deadline."
     )
+    default_query_timeout_s: float = Field(
+        default=30.0,
+        description="Deadline of a query whose caller sets none (and the most a caller may set).",
+    )
+    min_query_deadline_s: float = Field(
+        default=0.05,
+        description="Queries whose deadline is nearer than this are refused with DEADLINE_EXCEEDED up front.",
+    )
+    deadline_reply_margin_s: float = Field(
+        default=0.05,
+        description="The gateway gives up this long before the caller's deadline, so its DEADLINE_EXCEEDED "
+        "(with the correlation id) reaches the caller before the caller's own timer fires.",
+    )
+    max_question_chars: int = Field(default=4000, description="Longer questions get INVALID_ARGUMENT.")
+    max_top_k: int = Field(default=50, description="Largest retrieval.top_k a caller may ask for.")
+    max_tokens: int = Field(default=1024, description="Largest max_tokens a caller may ask for.")
+    max_inflight_per_tenant: int = Field(
+        default=64, description="Queries in flight per tenant and replica; more get RESOURCE_EXHAUSTED."
+    )
+    stream_tail_grace_s: float = Field(
+        default=1.0,
+        description="After the final answer, how long a stream waits for chunks still in flight on the bus.",
+    )
+    max_feedback_chars: int = Field(default=8000, description="Longest correction or comment accepted.")
