@@ -7,7 +7,10 @@ import asyncio
 import sys
 from pathlib import Path
 
+from llmops.feedback.v1.events_pb2 import Verdict
+
 from services.cli.ingest import IngestReport, discover, ingest_files, resolve_api_key
+from services.cli.query import CallFailed, ask, send_feedback
 from services.cli.stack import Platform
 from shared.infra.paths import DEPLOY_DIR, REPO_ROOT, default_state_dir
 from shared.infra.process import InfraError
@@ -56,6 +59,42 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_ask(args: argparse.Namespace) -> int:
+    api_key = resolve_api_key(args.api_key, Path(args.state_dir))
+    asyncio.run(
+        ask(
+            args.question,
+            target=args.gateway,
+            api_key=api_key,
+            top_k=args.top_k,
+            max_tokens=args.max_tokens,
+            template=args.template,
+            timeout_s=args.timeout,
+        )
+    )
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    api_key = resolve_api_key(args.api_key, Path(args.state_dir))
+    verdict = (
+        Verdict.VERDICT_UP if args.up else Verdict.VERDICT_DOWN if args.down else Verdict.VERDICT_UNSPECIFIED
+    )
+    event_id = asyncio.run(
+        send_feedback(
+            args.correlation_id,
+            target=args.gateway,
+            api_key=api_key,
+            verdict=verdict,
+            rating=args.rating,
+            correction=args.correction,
+            comment=args.comment,
+        )
+    )
+    print(f"feedback recorded ({event_id})")
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     _platform(args).down()
     print("llmops is down")
@@ -83,6 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--api-key", help="tenant API key (default: $LLMOPS_API_KEY or the demo key)")
     ingest.add_argument("--concurrency", type=int, default=4, help="documents in flight")
     ingest.set_defaults(func=cmd_ingest)
+    question = sub.add_parser("ask", help="ask a question: the answer streams, then its sources")
+    question.add_argument("question", help="the question")
+    question.add_argument("--api-key", help="tenant API key (default: $LLMOPS_API_KEY or the demo key)")
+    question.add_argument("--top-k", type=int, default=0, help="chunks of context (0: service default)")
+    question.add_argument("--max-tokens", type=int, default=0, help="answer length cap (0: template default)")
+    question.add_argument("--template", default="", help="prompt template id (default: the tenant's)")
+    question.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+    question.set_defaults(func=cmd_ask)
+    feedback = sub.add_parser("feedback", help="rate an answer by its request id")
+    feedback.add_argument("correlation_id", help="the request id `llmops ask` printed")
+    thumbs = feedback.add_mutually_exclusive_group()
+    thumbs.add_argument("--up", action="store_true", help="thumbs up")
+    thumbs.add_argument("--down", action="store_true", help="thumbs down")
+    feedback.add_argument("--rating", type=int, default=0, choices=range(0, 6), help="1-5 (0: none)")
+    feedback.add_argument("--correction", default="", help="the answer it should have given")
+    feedback.add_argument("--comment", default="")
+    feedback.add_argument("--api-key", help="tenant API key (default: $LLMOPS_API_KEY or the demo key)")
+    feedback.set_defaults(func=cmd_feedback)
     sub.add_parser("down", help="stop services and infrastructure").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show what is running").set_defaults(func=cmd_status)
     return parser
@@ -92,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except InfraError as exc:
+    except (InfraError, CallFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

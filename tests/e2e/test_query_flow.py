@@ -6,6 +6,7 @@ nothing pending; a generator killed mid-answer never makes a call hang or answer
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -340,3 +341,32 @@ async def test_generator_killed_mid_answer_completes_once_or_fails_cleanly(platf
         assert error.code() in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}, error
         assert not finals
     assert platform.gateway_metric("llmops_gateway_queries_inflight") == 0
+
+
+async def _llmops(platform: Platform, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "--gateway",
+        platform.procs["gateway"].grpc_target,
+        *args,
+        "--api-key",
+        platform.keys[TENANT],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    return int(proc.returncode or 0), out.decode(), err.decode()
+
+
+async def test_cli_asks_with_sources_then_records_feedback(kafka: str, platform: Platform) -> None:
+    rc, out, err = await _llmops(platform, "ask", "How does Kafka store a topic?")
+    assert rc == 0, err
+    assert out.startswith("Kafka stores every topic as partitions of an ordered log.")
+    assert "Sources:\n  [1] kafka.md  file:///kafka.md" in out
+    correlation_id = out.split("request ", 1)[1].split()[0]
+    rc, out, err = await _llmops(platform, "feedback", correlation_id, "--up", "--rating", "5")
+    assert rc == 0 and out.startswith("feedback recorded"), err
+    rc, out, err = await _llmops(platform, "ask", "   ")
+    assert rc == 1 and "INVALID_ARGUMENT [INVALID_QUERY]: question is empty" in err
