@@ -6,6 +6,8 @@ nothing pending; a generator killed mid-answer never makes a call hang or answer
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import sys
 import time
 import urllib.request
@@ -31,7 +33,7 @@ from shared.grpc_errors import error_info
 from shared.infra.stack import Stack
 from shared.topics import CONTEXT_RETRIEVED, FEEDBACK_RECORDED, QUERY_FAILED, QUERY_REQUESTED
 from tests.support.kafka_tools import committed_lag, create_topics, produce_events, read_all, unique_topic
-from tests.support.processes import ServiceProcess, platform_services
+from tests.support.processes import REPO_ROOT, ServiceProcess, platform_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -370,3 +372,32 @@ async def test_cli_asks_with_sources_then_records_feedback(kafka: str, platform:
     assert rc == 0 and out.startswith("feedback recorded"), err
     rc, out, err = await _llmops(platform, "ask", "   ")
     assert rc == 1 and "INVALID_ARGUMENT [INVALID_QUERY]: question is empty" in err
+
+
+async def test_upstream_producer_in_node_kafkajs_gets_its_answer(kafka: str, platform: Platform) -> None:
+    """The async contract from another language: kafkajs + protobufjs (from npm) produce QueryRequested,
+    keyed by correlation id, and read QueryAnswered from their own reply topic."""
+    node = shutil.which("node")
+    assert node, "node is required for the cross-language contract test (it installs buf's npm package too)"
+    script = REPO_ROOT / "tests" / "support" / "node" / "upstream.mjs"
+    assert (REPO_ROOT / "node_modules" / "kafkajs").is_dir(), "run `make install` (npm install) first"
+    reply_topic = unique_topic("node-answers")
+    await create_topics(kafka, reply_topic, partitions=1)
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        str(script),
+        kafka,
+        TENANT,
+        "Why does sourdough bread rise slowly?",
+        reply_topic,
+        "30000",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, f"{out.decode()}\n{err.decode()}"
+    reply = json.loads(out.decode().strip().splitlines()[-1])
+    assert reply["type"] == "QueryAnswered", reply
+    assert reply["answer"].startswith("Sourdough bread rises slowly")
+    assert [c["documentId"] for c in reply["citations"]] == ["bread.md"]
+    assert reply["meta"]["tenantId"] == TENANT and reply["meta"]["producer"] == "generator"
