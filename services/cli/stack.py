@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.gateway.auth import issue_key
+from shared.infra.models import GEMMA_MODEL
 from shared.infra.process import ManagedProcess
 from shared.infra.stack import Stack
 
@@ -65,6 +68,17 @@ def service_process(
 @dataclass
 class Platform:
     stack: Stack
+    # The model the generator answers with; Triton serves it beside the stack's models (tiny_llm,
+    # minilm_embed). Gemma 3 270M's GGUF is assembled into the cache on the first `llmops up`.
+    llm: str = GEMMA_MODEL
+
+    def __post_init__(self) -> None:
+        if self.llm not in self.stack.triton_models:
+            self.stack.triton_models = [*self.stack.triton_models, self.llm]
+
+    def routing_policy(self) -> str:
+        """The generator's LLMOPS_GENERATOR_ROUTING_POLICY: every tenant on `llm`, Triton's latest version."""
+        return json.dumps({"default": {"model": self.llm, "version": ""}, "pinned": {}, "canary": []})
 
     @property
     def state_dir(self) -> Path:
@@ -72,16 +86,16 @@ class Platform:
 
     def service(self, name: str) -> ManagedProcess:
         grpc_port, metrics_port = SERVICE_PORTS[name]
-        return service_process(
-            self.stack,
-            name,
-            grpc_port=grpc_port,
-            metrics_port=metrics_port,
-            env={
-                "LLMOPS_GATEWAY_API_KEYS_FILE": str(self.api_keys_file),
-                f"LLMOPS_{name.upper()}_IDEMPOTENCY_DB": str(self.state_dir / name / "processed.db"),
-            },
-        )
+        env = {
+            "LLMOPS_GATEWAY_API_KEYS_FILE": str(self.api_keys_file),
+            f"LLMOPS_{name.upper()}_IDEMPOTENCY_DB": str(self.state_dir / name / "processed.db"),
+            "LLMOPS_MONITOR_CLICKHOUSE_PATH": str(self.state_dir / "monitor" / "chdb"),
+        }
+        if name == "generator":  # a policy set in the environment wins
+            env["LLMOPS_GENERATOR_ROUTING_POLICY"] = (
+                os.environ.get("LLMOPS_GENERATOR_ROUTING_POLICY") or self.routing_policy()
+            )
+        return service_process(self.stack, name, grpc_port=grpc_port, metrics_port=metrics_port, env=env)
 
     @property
     def api_keys_file(self) -> Path:

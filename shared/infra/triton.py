@@ -13,6 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.infra.models import GEMMA_MODEL, GGUF_ENV, gemma_gguf_path, prepare_gemma
 from shared.infra.paths import DEPLOY_DIR, REPO_ROOT, cache_dir
 from shared.infra.process import InfraError, ManagedProcess
 
@@ -95,6 +96,9 @@ class TritonServer:
                 # Models import numpy (and the embedding model) from this environment; the stub
                 # ignores PYTHONPATH, so the models add this to sys.path themselves.
                 "LLMOPS_TRITON_PYTHONPATH": f"{site_packages}:{REPO_ROOT}",
+                # Where gemma3_270m finds its GGUF (prepare_gemma assembles it there), also when it
+                # is loaded later through the model control API.
+                GGUF_ENV: str(gemma_gguf_path()),
             },
             start_timeout_s=120,
         )
@@ -110,6 +114,8 @@ class TritonServer:
 
     def start(self) -> None:
         install_triton_backends()
+        if GEMMA_MODEL in self.models:
+            prepare_gemma()
         self.process().start()
 
     def stop(self) -> None:

