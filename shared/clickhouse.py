@@ -3,14 +3,30 @@
 - Embedded (default): the chdb engine in-process. Only one process may open a chdb path, so the
   monitor owns it and serves reads to others (../shared/NOTES.md).
 - Server: clickhouse-connect over HTTP when a URL is configured (production).
+
+Both take the same Python values: query parameters use ClickHouse's `{name:Type}` placeholders and are
+formatted by clickhouse-connect's own binder for both engines; inserted rows may hold str, numbers,
+None, lists, dicts (Map columns) and timezone-aware datetimes. To get the same Python values back from
+both engines, queries should return numbers, strings, arrays and maps (times as epoch numbers, e.g.
+`toUnixTimestamp64Milli(t)`), not DateTime values.
+
+A server that cannot be reached raises ClickHouseUnavailable, a RetryableError: a consumer that
+writes to ClickHouse then leaves its offsets uncommitted and catches up once the server is back.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
+
+from shared.errors import RetryableError
+
+
+class ClickHouseUnavailable(RetryableError):
+    """The ClickHouse server cannot be reached (or the embedded engine cannot be opened) right now."""
 
 
 class ClickHouse(Protocol):
@@ -26,6 +42,26 @@ class ClickHouse(Protocol):
     def close(self) -> None: ...
 
 
+def bind_parameters(parameters: dict[str, Any] | None) -> dict[str, str]:
+    """Parameter values as the text ClickHouse parses for `{name:Type}` (clickhouse-connect's binder)."""
+    from clickhouse_connect.driver.binding import format_bind_value
+
+    return {name: str(format_bind_value(value)) for name, value in (parameters or {}).items()}
+
+
+def _json_value(value: Any) -> Any:
+    """JSONEachRow text for values json cannot write as ClickHouse reads them (datetimes in UTC)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
 class ChdbClickHouse:
     """The ClickHouse engine in this process (chdb), data persisted at `path`."""
 
@@ -33,13 +69,17 @@ class ChdbClickHouse:
         from chdb import session
 
         path.mkdir(parents=True, exist_ok=True)
-        self._session = session.Session(str(path))
+        try:
+            self._session = session.Session(str(path))
+        except Exception as exc:  # another process holds the path, or another path is open here
+            raise ClickHouseUnavailable(f"cannot open chdb at {path}: {exc}") from exc
 
     def command(self, sql: str) -> None:
         self._session.query(sql)
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        result = self._session.query(sql, "JSONCompact", params=parameters or None)
+        params = bind_parameters(parameters)
+        result = self._session.query(sql, "JSONCompact", params=params or None)
         text = str(result)
         if not text.strip():
             return []
@@ -48,11 +88,21 @@ class ChdbClickHouse:
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
             return
-        body = "\n".join(json.dumps(dict(zip(columns, row, strict=True)), default=str) for row in rows)
+        body = "\n".join(
+            json.dumps(dict(zip(columns, row, strict=True)), default=_json_value, ensure_ascii=False)
+            for row in rows
+        )
         self._session.query(f"INSERT INTO {table} FORMAT JSONEachRow\n{body}")
 
     def close(self) -> None:
         self._session.close()
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """True for failures to reach the server (as opposed to errors in the SQL or the data)."""
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    return isinstance(exc, (OperationalError, ConnectionError, TimeoutError, OSError))
 
 
 class ServerClickHouse:
@@ -61,24 +111,47 @@ class ServerClickHouse:
     def __init__(self, url: str, username: str = "default", password: str = "") -> None:
         import clickhouse_connect
 
-        self._client = clickhouse_connect.get_client(dsn=url, username=username, password=password)
+        try:
+            self._client = clickhouse_connect.get_client(dsn=url, username=username, password=password)
+        except Exception as exc:
+            if _unavailable(exc):
+                raise ClickHouseUnavailable(f"ClickHouse at {url} unavailable: {exc}") from exc
+            raise
 
     def command(self, sql: str) -> None:
-        self._client.command(sql)
+        try:
+            self._client.command(sql)
+        except Exception as exc:
+            if _unavailable(exc):
+                raise ClickHouseUnavailable(str(exc)) from exc
+            raise
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in self._client.query(sql, parameters=parameters).result_rows]
+        try:
+            return [tuple(row) for row in self._client.query(sql, parameters=parameters).result_rows]
+        except Exception as exc:
+            if _unavailable(exc):
+                raise ClickHouseUnavailable(str(exc)) from exc
+            raise
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
+        if not rows:
+            return
+        try:
             self._client.insert(table, [list(r) for r in rows], column_names=list(columns))
+        except Exception as exc:
+            if _unavailable(exc):
+                raise ClickHouseUnavailable(str(exc)) from exc
+            raise
 
     def close(self) -> None:
         self._client.close()
 
 
-def open_clickhouse(url: str, embedded_path: Path) -> ClickHouse:
+def open_clickhouse(
+    url: str, embedded_path: Path, username: str = "default", password: str = ""
+) -> ClickHouse:
     """The server at `url` when one is configured, else the embedded engine at `embedded_path`."""
     if url:
-        return ServerClickHouse(url)
+        return ServerClickHouse(url, username=username, password=password)
     return ChdbClickHouse(embedded_path)

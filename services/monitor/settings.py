@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
+
+RedactionMode = Literal["store", "hash", "drop"]
 
 
 class MonitorSettings(ServiceSettings):
@@ -14,3 +19,74 @@ class MonitorSettings(ServiceSettings):
     service_name: str = Field(default="monitor", description="Name in logs, metrics, traces and events.")
     grpc_port: int = Field(default=50055, description="gRPC port (health, reflection and the service's API).")
     metrics_port: int = Field(default=9105, description="Prometheus /metrics port.")
+
+    # --- ClickHouse -------------------------------------------------------------------------------
+    clickhouse_url: str = Field(
+        default="",
+        description="ClickHouse server URL for clickhouse-connect (e.g. http://clickhouse:8123); empty "
+        "uses the embedded chdb engine at clickhouse_path, owned by this process.",
+    )
+    clickhouse_username: str = Field(default="default", description="ClickHouse server user name.")
+    clickhouse_password_file: Path | None = Field(
+        default=None, description="File holding the ClickHouse server password (empty: no password)."
+    )
+    clickhouse_path: Path = Field(
+        default=Path(".llmops/monitor/chdb"),
+        description="Data folder of the embedded chdb engine (one process may open it: this one).",
+    )
+    requests_ttl_days: int = Field(default=30, description="Days request rows and feedback are kept.")
+    spans_ttl_days: int = Field(default=7, description="Days telemetry spans and ingest events are kept.")
+    rollup_ttl_days: int = Field(default=365, description="Days the per-minute rollups are kept.")
+    max_batch_records: int = Field(
+        default=500, description="Kafka records consumed and inserted together (one INSERT per table)."
+    )
+    reconnect_interval_s: float = Field(
+        default=2.0, description="Least seconds between attempts to reconnect to an unavailable ClickHouse."
+    )
+
+    # --- Quality signals ---------------------------------------------------------------------------
+    quality_window_s: float = Field(
+        default=300.0, description="Sliding window (seconds of event time) the quality signals cover."
+    )
+    quality_min_samples: int = Field(
+        default=20, description="Requests a tenant needs in the window before its signals are judged."
+    )
+    groundedness_threshold: float = Field(
+        default=0.5, description="Alert when the window's mean groundedness falls below this."
+    )
+    sentence_support_threshold: float = Field(
+        default=0.6,
+        description="Share of an answer sentence's content words that must occur in the retrieved "
+        "context for the sentence to count as supported.",
+    )
+    empty_retrieval_threshold: float = Field(
+        default=0.2, description="Alert when the share of answers with no retrieved chunk exceeds this."
+    )
+    error_rate_threshold: float = Field(
+        default=0.05, description="Alert when the share of failed requests in the window exceeds this."
+    )
+    drift_threshold: float = Field(
+        default=0.25,
+        description="Alert when 1 - cosine(reference centroid, window centroid) of query embeddings "
+        "exceeds this.",
+    )
+    drift_reference_size: int = Field(
+        default=200, description="First query embeddings of a tenant that form its reference centroid."
+    )
+    alert_cooldown_s: float = Field(
+        default=600.0, description="Least seconds between two alerts of one signal for one tenant."
+    )
+
+    # --- Redaction ---------------------------------------------------------------------------------
+    redaction_default: RedactionMode = Field(
+        default="store",
+        description="What is stored of questions, answers and feedback text: 'store' keeps the text, "
+        "'hash' keeps a salted SHA-256, 'drop' keeps nothing.",
+    )
+    redaction_tenants: dict[str, RedactionMode] = Field(
+        default_factory=dict,
+        description='Per-tenant redaction overriding the default, as JSON: {"acme": "hash", "bank": "drop"}.',
+    )
+    redaction_salt_file: Path | None = Field(
+        default=None, description="File holding the salt of 'hash' redaction (empty: unsalted SHA-256)."
+    )

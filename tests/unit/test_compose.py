@@ -43,9 +43,7 @@ OFFICIAL_IMAGES = {
 
 # LLMOPS_* variables compose already sets that no settings class defines yet, with the service that
 # sets them: read by the service once its issue lands. Remove an entry when its field exists.
-PENDING_ENV_KEYS = {
-    "LLMOPS_MONITOR_CLICKHOUSE_URL": "monitor",
-}
+PENDING_ENV_KEYS: dict[str, str] = {}
 
 # Anything that would put a compiler or package-manager install into a service image.
 BUILD_TOOLS = re.compile(r"\b(apt-get|apt|apk|yum|dnf)\s+(-\S+\s+)*(install|add)\b|build-essential|\bgcc\b")

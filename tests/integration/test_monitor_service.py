@@ -1,0 +1,373 @@
+"""The monitor as a separate process on the real Kafka with its embedded ClickHouse (chdb): query
+outcomes and feedback land once per request, replays add nothing, an ungrounded answer scores low and
+raises a QualityAlert, and a ClickHouse outage leaves offsets uncommitted until it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from llmops.feedback.v1.events_pb2 import FeedbackRecorded, Verdict
+from llmops.monitor.v1 import monitor_service_pb2 as pb
+from llmops.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
+from llmops.query.v1.events_pb2 import QueryAnswered, QueryFailed
+from llmops.query.v1.query_pb2 import Citation, FailureReason, RetrievedChunk, StageTiming, TokenUsage
+from llmops.telemetry.v1.events_pb2 import QualityAlert
+
+from shared.events import new_meta
+from shared.topics import FEEDBACK_RECORDED, QUALITY_ALERTS, QUERY_ANSWERED, QUERY_FAILED
+from tests.support.kafka_tools import committed_lag, produce_events, read_all
+from tests.support.processes import REPO_ROOT, ServiceProcess
+
+pytestmark = [pytest.mark.integration]
+
+T = TypeVar("T")
+STUB: Any = pb_grpc.MonitorServiceStub  # grpcio-tools writes no types for *_pb2_grpc
+
+CONTEXT = "Kafka stores every topic as partitions of an ordered log. Consumers track their offsets."
+STAGES = {"embed": 3.0, "retrieve": 12.0, "queue": 1.5, "first_token": 20.0, "generate": 60.0}
+
+
+def answered(
+    tenant: str, answer: str = "Kafka stores every topic as partitions of an ordered log [1]."
+) -> QueryAnswered:
+    return QueryAnswered(
+        meta=new_meta(tenant_id=tenant, producer="generator"),
+        question="How does Kafka store a topic?",
+        answer=answer,
+        citations=[Citation(marker=1, chunk_id="k1", document_id="kafka.md")],
+        context=[RetrievedChunk(chunk_id="k1", document_id="kafka.md", text=CONTEXT, score=0.93)],
+        usage=TokenUsage(prompt_tokens=90, completion_tokens=12),
+        model_name="tiny_llm",
+        model_version="1",
+        prompt_template_id="grounded_qa",
+        prompt_template_version="v2",
+        timings=[StageTiming(stage=s, duration_ms=ms) for s, ms in STAGES.items()],
+    )
+
+
+def failed(tenant: str) -> QueryFailed:
+    return QueryFailed(
+        meta=new_meta(tenant_id=tenant, producer="retriever"),
+        reason=FailureReason.FAILURE_REASON_UNAVAILABLE,
+        detail="Weaviate unavailable",
+        failed_stage="retriever",
+    )
+
+
+def monitor_process(kafka: str, workdir: Path, name: str, chdb: Path, group: str) -> ServiceProcess:
+    env = {
+        "LLMOPS_KAFKA_BOOTSTRAP_SERVERS": kafka,
+        "LLMOPS_MONITOR_GRPC_PORT": "0",
+        "LLMOPS_MONITOR_METRICS_PORT": "0",
+        "LLMOPS_MONITOR_CLICKHOUSE_PATH": str(chdb),
+        "LLMOPS_MONITOR_CONSUMER_GROUP": group,
+        "LLMOPS_MONITOR_QUALITY_MIN_SAMPLES": "3",
+        "LLMOPS_MONITOR_RECONNECT_INTERVAL_S": "0.5",
+        "LLMOPS_MONITOR_REDACTION_TENANTS": '{"mon-hashed": "hash"}',
+    }
+    return ServiceProcess(name, ["-m", "services.monitor"], env, workdir, env_prefix="LLMOPS_MONITOR_")
+
+
+@pytest.fixture(scope="module")
+def tenant() -> str:
+    return f"mon-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def monitor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("monitor")
+
+
+@pytest.fixture(scope="module")
+def monitor(kafka: str, monitor_dir: Path) -> Iterator[ServiceProcess]:
+    proc = monitor_process(
+        kafka, monitor_dir, "monitor", monitor_dir / "chdb", f"test-monitor-{uuid.uuid4().hex[:6]}"
+    )
+    try:
+        yield proc.start(timeout_s=120)
+    finally:
+        proc.kill()
+
+
+def window() -> pb.TimeWindow:
+    w = pb.TimeWindow()
+    w.start.FromSeconds(int(time.time()) - 3600)
+    w.end.FromSeconds(int(time.time()) + 600)
+    return w
+
+
+async def call(target: str, method: str, request: Any) -> Any:
+    async with grpc.aio.insecure_channel(target) as channel:
+        return await getattr(STUB(channel), method)(request, timeout=10)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    timeout_s: float = 60.0,
+    what: str = "",
+    log: ServiceProcess | None = None,
+) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await probe()
+        if done(value) or time.monotonic() > deadline:
+            tail = log.log_tail() if log is not None else ""
+            assert done(value), f"timed out waiting for {what}: last value {value}\n{tail}"
+            return value
+        await asyncio.sleep(0.5)
+
+
+async def list_requests(target: str, tenant: str) -> list[pb.RequestRecord]:
+    response = await call(
+        target, "ListRequests", pb.ListRequestsRequest(tenant_id=tenant, window=window(), limit=1000)
+    )
+    return list(response.requests)
+
+
+async def test_every_request_is_recorded_once_with_stages_and_tenant(
+    kafka: str, monitor: ServiceProcess, tenant: str
+) -> None:
+    answers = [answered(tenant) for _ in range(5)]
+    failures = [failed(tenant) for _ in range(2)]
+    feedback = [
+        FeedbackRecorded(
+            meta=new_meta(tenant_id=tenant, producer="gateway", correlation_id=a.meta.correlation_id),
+            verdict=Verdict.VERDICT_UP if i else Verdict.VERDICT_DOWN,
+            rating=4,
+        )
+        for i, a in enumerate(answers[:3])
+    ]
+    other_tenant = answered(f"{tenant}-other")
+    await produce_events(kafka, QUERY_ANSWERED.name, [*answers, other_tenant])
+    await produce_events(kafka, QUERY_FAILED.name, failures)
+    await produce_events(kafka, FEEDBACK_RECORDED.name, feedback)
+
+    target = monitor.grpc_target
+    records = await eventually(
+        lambda: list_requests(target, tenant),
+        lambda r: len(r) >= 7,
+        what="7 requests",
+        log=monitor,
+    )
+    by_id = {r.correlation_id: r for r in records}
+    assert len(records) == len(by_id) == 7
+    assert set(by_id) == {e.meta.correlation_id for e in answers} | {e.meta.correlation_id for e in failures}
+    for event in answers:
+        record = by_id[event.meta.correlation_id]
+        assert record.tenant_id == tenant
+        assert record.event_id == event.meta.event_id
+        assert record.status == pb.REQUEST_STATUS_ANSWERED
+        assert dict(record.stage_ms) == STAGES
+        assert record.total_ms == pytest.approx(76.5)
+        assert (record.prompt_tokens, record.completion_tokens) == (90, 12)
+        assert (record.model_name, record.model_version, record.prompt_template_version) == (
+            "tiny_llm",
+            "1",
+            "v2",
+        )
+        assert list(record.chunk_ids) == ["k1"]
+        assert record.groundedness == pytest.approx(1.0)
+        assert record.question == "How does Kafka store a topic?"
+    for failure in failures:
+        record = by_id[failure.meta.correlation_id]
+        assert (record.status, record.error_reason, record.failed_stage) == (
+            pb.REQUEST_STATUS_FAILED,
+            "UNAVAILABLE",
+            "retriever",
+        )
+        assert not record.HasField("groundedness")
+
+    latency = await call(target, "GetLatency", pb.GetLatencyRequest(tenant_id=tenant, window=window()))
+    stages = {s.stage: s for s in latency.stages}
+    assert set(stages) == {*STAGES, "total"}
+    assert stages["generate"].count == 5
+    assert stages["generate"].p50_ms == pytest.approx(60.0)
+    assert stages["total"].p99_ms == pytest.approx(76.5)
+
+    traffic = await call(target, "GetTraffic", pb.GetTrafficRequest(tenant_id=tenant, window=window()))
+    assert (traffic.requests, traffic.failed) == (7, 2)
+    assert traffic.error_rate == pytest.approx(2 / 7)
+    assert (traffic.prompt_tokens, traffic.completion_tokens) == (450, 60)
+    assert dict(traffic.failures_by_reason) == {"UNAVAILABLE": 2}
+
+    summary = await eventually(
+        lambda: call(
+            target, "GetFeedbackSummary", pb.GetFeedbackSummaryRequest(tenant_id=tenant, window=window())
+        ),
+        lambda s: s.total.total >= 3,
+        what="feedback",
+    )
+    assert (summary.total.up, summary.total.down, summary.total.mean_rating) == (2, 1, pytest.approx(4.0))
+    [model] = summary.models
+    assert (model.model_version, model.counts.total) == ("1", 3)
+
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call(target, "GetLatency", pb.GetLatencyRequest(window=window()))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # Re-producing the same events (same event ids) adds nothing.
+    await produce_events(kafka, QUERY_ANSWERED.name, answers)
+    await produce_events(kafka, QUERY_FAILED.name, failures)
+    await asyncio.sleep(3)
+    assert len(await list_requests(target, tenant)) == 7
+
+
+async def test_replaying_the_topics_into_a_restarted_monitor_adds_no_rows(
+    kafka: str, monitor: ServiceProcess, monitor_dir: Path, tenant: str
+) -> None:
+    await eventually(
+        lambda: list_requests(monitor.grpc_target, tenant), lambda r: len(r) == 7, what="7 requests"
+    )
+    assert monitor.terminate() == 0
+    # A new consumer group reads every topic from the start again, with an empty idempotency memory:
+    # only ClickHouse's own deduplication stands between the replay and duplicate rows.
+    group = f"test-monitor-replay-{uuid.uuid4().hex[:6]}"
+    replay = monitor_process(kafka, monitor_dir, "monitor-replay", monitor_dir / "chdb", group)
+    try:
+        replay.start(timeout_s=120)
+        await eventually(
+            lambda: committed_lag(kafka, QUERY_ANSWERED.name, group),
+            lambda lag: lag == 0,
+            what="replay of answers",
+        )
+        await eventually(
+            lambda: committed_lag(kafka, QUERY_FAILED.name, group),
+            lambda lag: lag == 0,
+            what="replay of failures",
+        )
+        records = await list_requests(replay.grpc_target, tenant)
+        assert len(records) == len({r.correlation_id for r in records}) == 7
+        summary = await call(
+            replay.grpc_target,
+            "GetFeedbackSummary",
+            pb.GetFeedbackSummaryRequest(tenant_id=tenant, window=window()),
+        )
+        assert summary.total.total == 3
+    finally:
+        replay.kill()
+        monitor.start(timeout_s=120)  # back for the next tests (same group: nothing new to read)
+
+
+async def test_ungrounded_answers_score_low_and_raise_a_quality_alert(
+    kafka: str, monitor: ServiceProcess
+) -> None:
+    tenant = f"mon-ungrounded-{uuid.uuid4().hex[:6]}"
+    nonsense = "Sourdough bread rises slowly because wild yeast ferments the dough overnight."
+    events = [answered(tenant, answer=nonsense) for _ in range(3)]
+    await produce_events(kafka, QUERY_ANSWERED.name, events)
+
+    worst = await eventually(
+        lambda: call(
+            monitor.grpc_target,
+            "ListWorstGrounded",
+            pb.ListWorstGroundedRequest(tenant_id=tenant, window=window()),
+        ),
+        lambda r: len(r.requests) == 3,
+        what="3 scored answers",
+        log=monitor,
+    )
+    assert all(r.groundedness == 0.0 for r in worst.requests)
+    trend = await call(
+        monitor.grpc_target,
+        "GetGroundednessTrend",
+        pb.GetGroundednessTrendRequest(tenant_id=tenant, window=window()),
+    )
+    assert sum(b.scored for b in trend.buckets) == 3
+    assert max(b.mean for b in trend.buckets) == 0.0
+
+    alerts: list[QualityAlert] = []
+    deadline = time.monotonic() + 30
+    while not alerts and time.monotonic() < deadline:
+        for record in await read_all(kafka, QUALITY_ALERTS.name, expected=10**6, timeout_s=2):
+            alert = QualityAlert()
+            alert.ParseFromString(record.value)
+            if alert.meta.tenant_id == tenant:
+                alerts.append(alert)
+                assert record.key == tenant.encode()
+    assert [a.signal for a in alerts] == ["groundedness"], monitor.log_tail()
+    assert alerts[0].observed == 0.0
+    assert alerts[0].threshold == pytest.approx(0.5)
+    assert alerts[0].meta.producer == "monitor"
+
+
+async def test_redaction_policy_hashes_the_tenants_text(kafka: str, monitor: ServiceProcess) -> None:
+    event = answered("mon-hashed")
+    await produce_events(kafka, QUERY_ANSWERED.name, [event])
+    records = await eventually(
+        lambda: list_requests(monitor.grpc_target, "mon-hashed"),
+        lambda r: any(x.correlation_id == event.meta.correlation_id for x in r),
+        what="hashed request",
+    )
+    [record] = [r for r in records if r.correlation_id == event.meta.correlation_id]
+    assert record.redaction == "hash"
+    assert record.question.startswith("sha256:") and "Kafka" not in record.answer
+    assert record.groundedness == pytest.approx(1.0)  # judged before redaction
+
+
+async def test_clickhouse_unavailable_keeps_offsets_until_it_is_back(kafka: str, tmp_path: Path) -> None:
+    chdb = tmp_path / "held-chdb"
+    # Another process holds the chdb path (the engine refuses a second owner): the monitor cannot write.
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sys,time; from chdb import session; s = session.Session(sys.argv[1]); "
+        "print('held', flush=True); time.sleep(600)",
+        str(chdb),
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    group = f"test-monitor-outage-{uuid.uuid4().hex[:6]}"
+    tenant = f"mon-outage-{uuid.uuid4().hex[:6]}"
+    proc = monitor_process(kafka, tmp_path, "monitor-outage", chdb, group)
+    try:
+        assert holder.stdout is not None
+        assert (await asyncio.wait_for(holder.stdout.readline(), 60)).strip() == b"held"
+        proc.start(timeout_s=120)
+        events = [answered(tenant) for _ in range(4)]
+        await produce_events(kafka, QUERY_ANSWERED.name, events)
+        await asyncio.sleep(5)  # several redelivery rounds
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await list_requests(proc.grpc_target, tenant)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert await committed_lag(kafka, QUERY_ANSWERED.name, group) > 0, proc.log_tail()
+        assert "transient failure, batch will be redelivered" in proc.log_path.read_text()
+
+        holder.kill()
+        await holder.wait()
+        records = await eventually(
+            lambda: list_requests_or_none(proc.grpc_target, tenant),
+            lambda r: r is not None and len(r) == 4,
+            timeout_s=90,
+            what="catch-up after the outage",
+            log=proc,
+        )
+        assert records is not None
+        assert {r.correlation_id for r in records} == {e.meta.correlation_id for e in events}
+        await eventually(
+            lambda: committed_lag(kafka, QUERY_ANSWERED.name, group),
+            lambda lag: lag == 0,
+            what="commit after catch-up",
+        )
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+        proc.kill()
+
+
+async def list_requests_or_none(target: str, tenant: str) -> list[pb.RequestRecord] | None:
+    try:
+        return await list_requests(target, tenant)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            return None
+        raise

@@ -1,0 +1,151 @@
+"""Quality signals of the monitor: groundedness per answer and the per-tenant alert windows."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.monitor.quality import (
+    QualityMonitor,
+    Sample,
+    Thresholds,
+    content_words,
+    cosine_distance,
+    groundedness,
+    judge_groundedness,
+    sentences,
+)
+
+CONTEXT = [
+    "Kafka stores every topic as partitions of an ordered log. Consumers track offsets.",
+    "Weaviate keeps each tenant's chunks in its own shard.",
+]
+
+
+def test_a_sentence_copied_from_the_context_is_grounded() -> None:
+    assert groundedness("Kafka stores every topic as partitions of an ordered log [1].", CONTEXT) == 1.0
+
+
+def test_an_answer_about_something_else_scores_zero() -> None:
+    answer = "Sourdough bread rises slowly because wild yeast ferments the dough overnight."
+    assert groundedness(answer, CONTEXT) == 0.0
+
+
+def test_score_is_the_share_of_supported_sentences() -> None:
+    answer = "Consumers track their offset. Bananas are yellow fruit grown in Ecuador!"
+    result = judge_groundedness(answer, CONTEXT)
+    assert (result.judged, result.supported, result.score) == (2, 1, 0.5)
+
+
+def test_plural_forms_and_case_match() -> None:
+    assert groundedness("A CONSUMER tracks the offset.", CONTEXT) == 1.0
+
+
+def test_sentences_without_content_words_are_not_judged() -> None:
+    result = judge_groundedness("Yes. It is. Kafka stores partitions.", CONTEXT)
+    assert result.judged == 1
+    assert result.score == 1.0
+
+
+def test_empty_answer_has_no_score_and_no_context_scores_zero() -> None:
+    assert groundedness("", CONTEXT) is None
+    assert groundedness("Kafka stores partitions.", []) == 0.0
+
+
+def test_support_threshold_decides_partially_supported_sentences() -> None:
+    answer = "Kafka stores partitions of bananas mangoes papayas."  # 3 of 6 content words supported
+    assert groundedness(answer, CONTEXT, support_threshold=0.5) == 1.0
+    assert groundedness(answer, CONTEXT, support_threshold=0.6) == 0.0
+
+
+def test_sentences_split_on_punctuation_and_lines_and_drop_citations() -> None:
+    assert sentences("One [1]. Two [2, 3]!\nThree? ") == ["One.", "Two!", "Three?"]
+    assert "the" not in content_words("The log")
+    assert content_words("Replicas and queries") == {"replica", "query"}
+
+
+def thresholds(**overrides: float) -> Thresholds:
+    values: dict[str, float] = {"window_s": 60, "min_samples": 4, "cooldown_s": 30, "drift_reference_size": 3}
+    values.update(overrides)
+    return Thresholds(**values)  # type: ignore[arg-type]
+
+
+def test_no_alert_before_min_samples_then_low_groundedness_alerts() -> None:
+    monitor = QualityMonitor(thresholds())
+    for i in range(3):
+        monitor.observe("t", Sample(at=100 + i, failed=False, groundedness=0.1))
+    assert monitor.evaluate("t", now=105) == []
+    monitor.observe("t", Sample(at=104, failed=False, groundedness=0.1))
+    [breach] = monitor.evaluate("t", now=105)
+    assert breach.signal == "groundedness"
+    assert breach.observed == pytest.approx(0.1)
+    assert breach.threshold == 0.5
+    assert breach.severity == "critical"  # under half the threshold
+    assert breach.samples == 4
+    assert "below" in breach.detail
+
+
+def test_good_groundedness_does_not_alert_and_other_tenants_are_separate() -> None:
+    monitor = QualityMonitor(thresholds())
+    for i in range(5):
+        monitor.observe("good", Sample(at=100 + i, failed=False, groundedness=0.9))
+        monitor.observe("bad", Sample(at=100 + i, failed=False, groundedness=0.3))
+    assert monitor.evaluate("good", now=110) == []
+    [breach] = monitor.evaluate("bad", now=110)
+    assert (breach.tenant_id, breach.severity) == ("bad", "warning")
+
+
+def test_alerts_respect_the_cooldown() -> None:
+    monitor = QualityMonitor(thresholds(window_s=1000))
+    for i in range(4):
+        monitor.observe("t", Sample(at=100 + i, failed=True))
+    assert [b.signal for b in monitor.evaluate("t", now=110)] == ["error_rate"]
+    assert monitor.evaluate("t", now=120) == []  # within 30 s
+    assert [b.signal for b in monitor.evaluate("t", now=141)] == ["error_rate"]
+
+
+def test_samples_leave_the_window() -> None:
+    monitor = QualityMonitor(thresholds())
+    for i in range(4):
+        monitor.observe("t", Sample(at=100 + i, failed=True))
+    assert monitor.signals("t", now=200) == {}  # all older than 60 s
+
+
+def test_error_and_empty_retrieval_rates() -> None:
+    monitor = QualityMonitor(thresholds(error_rate=0.3, empty_retrieval_rate=0.4))
+    samples = [
+        Sample(at=100, failed=True),
+        Sample(at=101, failed=False, groundedness=1.0, empty_retrieval=True),
+        Sample(at=102, failed=False, groundedness=1.0, empty_retrieval=True),
+        Sample(at=103, failed=False, groundedness=1.0),
+        Sample(at=104, failed=False, groundedness=1.0),
+    ]
+    for sample in samples:
+        monitor.observe("t", sample)
+    signals = monitor.signals("t", now=105)
+    assert signals["error_rate"][0] == pytest.approx(0.2)
+    assert signals["error_rate"][1] == 5
+    assert signals["empty_retrieval_rate"][0] == pytest.approx(0.5)
+    assert signals["empty_retrieval_rate"][1] == 4
+    assert [b.signal for b in monitor.evaluate("t", now=105)] == ["empty_retrieval_rate"]
+
+
+def test_embedding_drift_against_the_reference_centroid() -> None:
+    monitor = QualityMonitor(thresholds(embedding_drift=0.25))
+    for i in range(3):  # reference: along the x axis
+        monitor.observe_embedding("t", [1.0, 0.0], at=100 + i)
+    for i in range(4):  # same direction: no drift
+        monitor.observe_embedding("t", [2.0, 0.1], at=110 + i)
+    assert monitor.signals("t", now=115)["embedding_drift"][0] < 0.01
+    assert monitor.evaluate("t", now=115) == []
+    for i in range(4):  # later queries along y: the window's centroid turns
+        monitor.observe_embedding("t", [0.0, 1.0], at=180 + i)
+    drift, count = monitor.signals("t", now=185)["embedding_drift"]
+    assert count == 4  # the x-axis queries left the window
+    assert drift > 0.9
+    assert [b.signal for b in monitor.evaluate("t", now=185)] == ["embedding_drift"]
+
+
+def test_cosine_distance() -> None:
+    assert cosine_distance([1, 0], [1, 0]) == pytest.approx(0.0)
+    assert cosine_distance([1, 0], [0, 1]) == pytest.approx(1.0)
+    assert cosine_distance([0, 0], [0, 1]) == 1.0

@@ -1,0 +1,268 @@
+"""The monitor's DDL and SQL on the embedded ClickHouse engine (chdb, in a temporary folder).
+
+chdb allows one open path per process, so the module shares one engine and closes it at the end;
+each test uses its own tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from llmops.feedback.v1.events_pb2 import FeedbackRecorded, Verdict
+from llmops.query.v1.events_pb2 import QueryAnswered, QueryFailed
+from llmops.query.v1.query_pb2 import FailureReason, RetrievedChunk, StageTiming, TokenUsage
+
+from services.monitor import domain
+from services.monitor.redaction import RedactionPolicy
+from services.monitor.store import MonitorStore, Retention, StoreRunner, Window
+from shared.clickhouse import ChdbClickHouse, ClickHouse, ClickHouseUnavailable
+from shared.events import new_meta
+
+NOW = datetime.now(UTC)
+POLICY = RedactionPolicy("store", {"hashed": "hash"})
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonitorStore]:
+    db = MonitorStore(ChdbClickHouse(tmp_path_factory.mktemp("chdb")), Retention(30, 7, 365))
+    db.create_schema()
+    db.create_schema()  # idempotent
+    yield db
+    db.close()
+
+
+def window(tenant: str) -> Window:
+    return Window(
+        tenant,
+        int((NOW - timedelta(hours=1)).timestamp() * 1000),
+        int((NOW + timedelta(minutes=5)).timestamp() * 1000),
+    )
+
+
+def answered_row(
+    tenant: str,
+    *,
+    generate_ms: float = 100.0,
+    groundedness: float | None = 1.0,
+    chunks: int = 2,
+    model_version: str = "1",
+    correlation_id: str | None = None,
+    at: datetime = NOW,
+) -> dict[str, Any]:
+    event = QueryAnswered(
+        meta=new_meta(tenant_id=tenant, producer="generator", correlation_id=correlation_id),
+        question="q?",
+        answer="a.",
+        context=[RetrievedChunk(chunk_id=f"c{i}", score=1.0 - i / 10) for i in range(chunks)],
+        usage=TokenUsage(prompt_tokens=100, completion_tokens=10),
+        model_name="tiny_llm",
+        model_version=model_version,
+        prompt_template_id="grounded_qa",
+        prompt_template_version="v2",
+        timings=[
+            StageTiming(stage="embed", duration_ms=5.0),
+            StageTiming(stage="generate", duration_ms=generate_ms),
+        ],
+    )
+    event.meta.occurred_at.FromDatetime(at)
+    return domain.answered_row(event, groundedness=groundedness, redaction=POLICY, received_at=at)
+
+
+def failed_row(tenant: str, correlation_id: str | None = None) -> dict[str, Any]:
+    event = QueryFailed(
+        meta=new_meta(tenant_id=tenant, producer="retriever", correlation_id=correlation_id),
+        reason=FailureReason.FAILURE_REASON_UNAVAILABLE,
+        detail="down",
+        failed_stage="retriever",
+    )
+    return domain.failed_row(event, redaction=POLICY, received_at=NOW)
+
+
+def test_replayed_requests_are_stored_once_and_counted_once_in_the_rollup(store: MonitorStore) -> None:
+    rows = [answered_row("replay") for _ in range(5)]
+    assert len(store.insert_requests(rows)) == 5
+    assert store.insert_requests(rows) == []  # the same events again
+    store.insert_rows("requests", rows)  # even a raw re-insert: ReplacingMergeTree + FINAL
+    assert len(store.list_requests(window("replay"))) == 5
+    [(requests,)] = store.db.query(
+        "SELECT sum(requests) FROM requests_per_minute WHERE tenant_id = {t:String}", {"t": "replay"}
+    )
+    assert int(requests) == 10  # 5 once through insert_requests + 5 raw: only the raw path double counts
+
+
+def test_an_answer_replaces_a_failure_of_the_same_request_and_not_the_reverse(store: MonitorStore) -> None:
+    cid = str(uuid.uuid4())
+    assert len(store.insert_requests([failed_row("outcome", cid)])) == 1
+    assert len(store.insert_requests([answered_row("outcome", correlation_id=cid)])) == 1
+    assert store.insert_requests([failed_row("outcome", cid)]) == []
+    [record] = store.list_requests(window("outcome"), correlation_id=cid)
+    assert record["status"] == "answered"
+
+
+def test_request_record_round_trip(store: MonitorStore) -> None:
+    row = answered_row("roundtrip", groundedness=0.25)
+    store.insert_requests([row])
+    [record] = store.list_requests(window("roundtrip"))
+    assert record["correlation_id"] == row["correlation_id"]
+    assert record["event_id"] == row["event_id"]
+    assert record["occurred_ms"] == domain.epoch_ms(row["occurred_at"])
+    assert record["stage_ms"] == {"embed": 5.0, "generate": 100.0}
+    assert record["total_ms"] == 105.0
+    assert record["chunk_ids"] == ["c0", "c1"]
+    assert record["chunk_scores"] == [pytest.approx(1.0), pytest.approx(0.9)]
+    assert record["groundedness"] == 0.25
+    assert (record["model_name"], record["prompt_template_version"]) == ("tiny_llm", "v2")
+
+
+def test_window_and_tenant_bound_every_query(store: MonitorStore) -> None:
+    store.insert_requests([answered_row("inside"), answered_row("inside", at=NOW - timedelta(hours=3))])
+    store.insert_requests([answered_row("elsewhere")])
+    assert len(store.list_requests(window("inside"))) == 1
+    wide = Window("inside", window("inside").start_ms - 4 * 3600 * 1000, window("inside").end_ms)
+    assert len(store.list_requests(wide)) == 2
+
+
+def test_latency_percentiles_per_stage(store: MonitorStore) -> None:
+    store.insert_requests([answered_row("latency", generate_ms=float(ms)) for ms in range(1, 101)])
+    store.insert_requests([failed_row("latency")])  # failures have no stage timings
+    stages = {s["stage"]: s for s in store.latency(window("latency"))}
+    assert set(stages) == {"embed", "generate", "total"}
+    assert stages["generate"]["count"] == 100
+    assert stages["generate"]["p50"] == pytest.approx(50.5, abs=1)
+    assert stages["generate"]["p95"] == pytest.approx(95, abs=1.5)
+    assert stages["generate"]["p99"] == pytest.approx(99, abs=1.5)
+    assert stages["total"]["p50"] == pytest.approx(55.5, abs=1)
+    assert stages["embed"]["p99"] == 5.0
+
+
+def test_traffic_tokens_errors_and_empty_retrievals(store: MonitorStore) -> None:
+    store.insert_requests(
+        [answered_row("traffic", model_version="1") for _ in range(3)]
+        + [answered_row("traffic", model_version="2", chunks=0)]
+        + [failed_row("traffic")]
+    )
+    data = store.traffic(window("traffic"), bucket_s=3600)
+    assert sum(b["requests"] for b in data["buckets"]) == 5
+    assert sum(b["failed"] for b in data["buckets"]) == 1
+    assert sum(b["empty"] for b in data["buckets"]) == 1
+    assert sum(b["prompt_tokens"] for b in data["buckets"]) == 400
+    assert [(m["model_version"], m["requests"], m["completion_tokens"]) for m in data["models"]] == [
+        ("1", 3, 30),
+        ("2", 1, 10),
+    ]
+    assert data["failures"] == {"UNAVAILABLE": 1}
+
+
+def test_groundedness_trend_and_worst_grounded(store: MonitorStore) -> None:
+    scores = [0.9, 0.1, 0.6, None, 0.3]
+    store.insert_requests([answered_row("grounded", groundedness=g) for g in scores])
+    [bucket] = store.groundedness_trend(window("grounded"), bucket_s=86400 * 7)
+    assert bucket["scored"] == 4
+    assert bucket["mean"] == pytest.approx(0.475)
+    assert bucket["min"] == pytest.approx(0.1)
+    worst = store.worst_grounded(window("grounded"), limit=2)
+    assert [r["groundedness"] for r in worst] == [pytest.approx(0.1), pytest.approx(0.3)]
+
+
+def test_feedback_summary_in_total_and_per_model_version(store: MonitorStore) -> None:
+    v1, v2 = answered_row("fb", model_version="1"), answered_row("fb", model_version="2")
+    store.insert_requests([v1, v2])
+
+    def feedback(cid: str, verdict: int, rating: int = 0, correction: str = "") -> dict[str, Any]:
+        event = FeedbackRecorded(
+            meta=new_meta(tenant_id="fb", producer="gateway", correlation_id=cid),
+            verdict=verdict,  # type: ignore[arg-type]
+            rating=rating,
+            correction=correction,
+        )
+        return domain.feedback_row(event, redaction=POLICY, received_at=NOW)
+
+    rows = [
+        feedback(v1["correlation_id"], Verdict.VERDICT_UP, 5),
+        feedback(v1["correlation_id"], Verdict.VERDICT_UP, 4),
+        feedback(v2["correlation_id"], Verdict.VERDICT_DOWN, 1, correction="better"),
+        feedback(str(uuid.uuid4()), Verdict.VERDICT_DOWN),  # a request the monitor never saw
+    ]
+    store.insert_rows("feedback", rows)
+    store.insert_rows("feedback", rows)  # replay
+    summary = store.feedback_summary(window("fb"))
+    assert summary["total"] == {
+        "total": 4,
+        "up": 2,
+        "down": 2,
+        "mean_rating": pytest.approx(10 / 3),
+        "rated": 3,
+        "corrections": 1,
+    }
+    by_version = {m["model_version"]: m for m in summary["models"]}
+    assert (by_version["1"]["up"], by_version["1"]["mean_rating"]) == (2, pytest.approx(4.5))
+    assert (by_version["2"]["down"], by_version["2"]["corrections"]) == (1, 1)
+
+
+def test_hash_redaction_is_what_is_stored(store: MonitorStore) -> None:
+    row = answered_row("hashed")
+    store.insert_requests([row])
+    [record] = store.list_requests(window("hashed"))
+    assert record["question"].startswith("sha256:")
+    assert record["redaction"] == "hash"
+
+
+def test_every_table_has_a_ttl_and_dedupes(store: MonitorStore) -> None:
+    for table in ("requests", "feedback", "ingest_events", "spans", "finetune_events", "requests_per_minute"):
+        [(create,)] = store.db.query(f"SHOW CREATE TABLE {table}")
+        assert "TTL" in create, table
+        assert "ReplacingMergeTree" in create or table == "requests_per_minute", table
+
+
+class FlakyClickHouse:
+    """The real engine behind a switch: while `down`, every call fails like an unreachable server."""
+
+    def __init__(self, inner: ClickHouse) -> None:
+        self.inner = inner
+        self.down = True
+
+    def _check(self) -> None:
+        if self.down:
+            raise ClickHouseUnavailable("connection refused")
+
+    def command(self, sql: str) -> None:
+        self._check()
+        self.inner.command(sql)
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        self._check()
+        return self.inner.query(sql, parameters)
+
+    def insert(self, table: str, columns: Any, rows: Any) -> None:
+        self._check()
+        self.inner.insert(table, columns, rows)
+
+    def close(self) -> None:
+        pass
+
+
+async def test_runner_reports_unavailable_then_reconnects(store: MonitorStore) -> None:
+    flaky = FlakyClickHouse(store.db)
+    opened: list[int] = []
+
+    def open_db() -> ClickHouse:
+        opened.append(1)
+        return flaky
+
+    runner = StoreRunner(open_db, Retention(), reconnect_interval_s=0.05)
+    row = answered_row("outage")
+    with pytest.raises(ClickHouseUnavailable):
+        await runner.run(lambda s: s.insert_requests([row]))
+    with pytest.raises(ClickHouseUnavailable, match="still unavailable"):  # no reconnect storm
+        await runner.run(lambda s: s.insert_requests([row]))
+    assert len(opened) == 1
+    flaky.down = False
+    await asyncio.sleep(0.06)
+    assert len(await runner.run(lambda s: s.insert_requests([row]))) == 1
+    assert len(await runner.run(lambda s: s.list_requests(window("outage")))) == 1
+    await runner.close()
