@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.bus import run_bus
+from bench.e2e import run_e2e
 from bench.embedding import run_embedding
 from bench.generation import run_generation
 from bench.ingest import run_ingest
+from bench.monitor import run_monitor
 from bench.report import RESULTS_DIR, Row, environment, markdown_table, status, write_results
 from bench.retrieval import run_with_raw, to_rows
 from shared.infra.kafka import KAFKA_VERSION
@@ -24,7 +26,7 @@ from shared.infra.stack import Stack
 # Ports from 33000 (Kafka broker 33092, controller 33093): other stacks on this machine use
 # 19000, 29000 and 31000.
 PORT_BASE = 33000
-BENCHMARKS = ("bus", "embedding", "ingest", "retrieval", "generation")
+BENCHMARKS = ("bus", "embedding", "ingest", "retrieval", "generation", "e2e", "monitor")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -75,6 +77,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--embedding-texts", type=int, default=1000, help="texts per embedding run")
     parser.add_argument("--ingest-docs", type=int, default=600, help="documents per ingestion run")
     parser.add_argument("--vectors", type=int, default=50_000, help="vectors in the retrieval benchmark")
+    parser.add_argument("--monitor-events", type=int, default=20_000, help="events per monitor sink run")
+    parser.add_argument("--queries", type=int, default=200, help="gRPC queries in the end-to-end benchmark")
     parser.add_argument(
         "--results-dir",
         type=Path,
@@ -140,6 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "generation" in selected:
         generation_rows, raw["generation"] = run_generation()
         rows += generation_rows
+    if "e2e" in selected:
+        e2e_rows, raw["e2e"] = run_e2e(queries=args.queries)
+        rows += e2e_rows
+    if "monitor" in selected:
+        monitor_rows, raw["monitor"] = run_monitor(events=args.monitor_events)
+        rows += monitor_rows
     elapsed = time.perf_counter() - started
     raw["wall_s"] = round(elapsed, 1)
     env = environment()
