@@ -12,6 +12,7 @@ from llmops.feedback.v1.events_pb2 import Verdict
 from services.cli.ingest import IngestReport, discover, ingest_files, resolve_api_key
 from services.cli.query import CallFailed, ask, send_feedback
 from services.cli.stack import Platform
+from services.cli.stats import stats
 from shared.infra.paths import DEPLOY_DIR, REPO_ROOT, default_state_dir
 from shared.infra.process import InfraError
 from shared.infra.stack import Stack
@@ -95,6 +96,11 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    asyncio.run(stats(target=args.monitor, tenant_id=args.tenant, minutes=args.minutes))
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     _platform(args).down()
     print("llmops is down")
@@ -140,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     feedback.add_argument("--comment", default="")
     feedback.add_argument("--api-key", help="tenant API key (default: $LLMOPS_API_KEY or the demo key)")
     feedback.set_defaults(func=cmd_feedback)
+    ops = sub.add_parser("stats", help="traffic, latency, groundedness and feedback from the monitor")
+    ops.add_argument("--tenant", default="demo", help="tenant id (default: demo)")
+    ops.add_argument("--minutes", type=float, default=60.0, help="window, ending now")
+    ops.add_argument("--monitor", default="127.0.0.1:50055", help="monitor gRPC address")
+    ops.set_defaults(func=cmd_stats)
     sub.add_parser("down", help="stop services and infrastructure").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show what is running").set_defaults(func=cmd_status)
     return parser

@@ -1,7 +1,8 @@
-"""The query path end to end (issue: query API): gateway, embedder, retriever and generator as separate
-processes on the real Kafka, Weaviate and Triton. Questions come in over gRPC (unary and streaming) and
-as Kafka request events; answers cite the right document; bad calls get the right status and leave
-nothing pending; a generator killed mid-answer never makes a call hang or answer twice."""
+"""The query path end to end (issue: query API): gateway, embedder, retriever, generator and monitor
+as separate processes on the real Kafka, Weaviate, Triton and chdb. Questions come in over gRPC
+(unary and streaming) and as Kafka request events; answers cite the right document; bad calls get
+the right status and leave nothing pending; a generator killed mid-answer never makes a call hang
+or answer twice; the monitor records each request once."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from llmops.api.v1 import query_service_pb2 as query_pb
 from llmops.api.v1 import query_service_pb2_grpc as query_grpc
 from llmops.feedback.v1.events_pb2 import FeedbackRecorded, Verdict
 from llmops.ingest.v1.document_pb2 import Document
+from llmops.monitor.v1 import monitor_service_pb2 as monitor_pb
+from llmops.monitor.v1 import monitor_service_pb2_grpc as monitor_grpc
 from llmops.query.v1.events_pb2 import QueryAnswered, QueryFailed, QueryRequested
 from llmops.query.v1.query_pb2 import FailureReason
 
@@ -77,7 +80,7 @@ def platform(
     workdir = tmp_path_factory.mktemp("flow")
     keys_file = workdir / "api-keys.json"
     keys = {tenant: issue_key(keys_file, tenant) for tenant in (TENANT, "ghost")}
-    names = ("embedder", "retriever", "generator", "gateway")
+    names = ("embedder", "retriever", "generator", "gateway", "monitor")
     env = {
         "LLMOPS_KAFKA_BOOTSTRAP_SERVERS": kafka,
         "LLMOPS_WEAVIATE_URL": weaviate,
@@ -87,6 +90,7 @@ def platform(
         "LLMOPS_TENANTS_KNOWN": TENANT,  # "ghost" has a key but is not served
         "LLMOPS_GATEWAY_API_KEYS_FILE": str(keys_file),
         "LLMOPS_GATEWAY_MAX_INFLIGHT_PER_TENANT": str(INFLIGHT_LIMIT),
+        "LLMOPS_MONITOR_CLICKHOUSE_PATH": str(workdir / "chdb"),
         "LLMOPS_GENERATOR_SAMPLING_PARAMETERS": f'{{"token_delay_ms": {TOKEN_DELAY_MS}}}',
         **{f"LLMOPS_{name.upper()}_CONSUMER_GROUP": f"flow-{name}" for name in names},
     }
@@ -401,3 +405,53 @@ async def test_upstream_producer_in_node_kafkajs_gets_its_answer(kafka: str, pla
     assert reply["answer"].startswith("Sourdough bread rises slowly")
     assert [c["documentId"] for c in reply["citations"]] == ["bread.md"]
     assert reply["meta"]["tenantId"] == TENANT and reply["meta"]["producer"] == "generator"
+
+
+async def test_monitor_records_each_request_once_and_llmops_stats_reports_it(platform: Platform) -> None:
+    async with platform.channel() as channel:
+        stub = query_grpc.QueryServiceStub(channel)
+        answers = [
+            await stub.Query(query_pb.QueryRequest(question=q), metadata=platform.md(), timeout=30)
+            for q in ("How does Kafka store a topic?", "Why does sourdough bread rise slowly?")
+        ]
+    async with grpc.aio.insecure_channel(platform.procs["monitor"].grpc_target) as channel:
+        monitor = monitor_grpc.MonitorServiceStub(channel)
+        for answer in answers:
+            records: list[monitor_pb.RequestRecord] = []
+            for _ in range(60):
+                response = await monitor.ListRequests(
+                    monitor_pb.ListRequestsRequest(tenant_id=TENANT, correlation_id=answer.correlation_id),
+                    timeout=10,
+                )
+                records = list(response.requests)
+                if records:
+                    break
+                await asyncio.sleep(0.5)
+            assert len(records) == 1, platform.procs["monitor"].log_tail()
+            record = records[0]
+            assert record.tenant_id == TENANT and record.status == monitor_pb.REQUEST_STATUS_ANSWERED
+            assert record.answer == answer.answer and record.model_name == "tiny_llm"
+            assert {"embed", "retrieve", "generate", "first_token"} <= set(record.stage_ms)
+            assert record.chunk_ids and record.groundedness > 0.9  # tiny_llm copies a passage sentence
+    rc, out, err = await _llmops_stats(platform)
+    assert rc == 0, err
+    requests = int(out.split("requests ", 1)[1].split()[0])
+    assert requests >= 2
+    assert "embed" in out and "generate" in out and "feedback:" in out
+
+
+async def _llmops_stats(platform: Platform) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "stats",
+        "--tenant",
+        TENANT,
+        "--monitor",
+        platform.procs["monitor"].grpc_target,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return int(proc.returncode or 0), out.decode(), err.decode()
