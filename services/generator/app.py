@@ -25,7 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 
 from services.generator import domain
 from services.generator.llm import TritonLLM
-from services.generator.prompts import TemplateRegistry, approx_token_count, citations_used, pack_context
+from services.generator.prompts import TemplateRegistry, approx_token_count, citations_for, pack_context
 from services.generator.routing import RoutingPolicy
 from services.generator.settings import GeneratorSettings
 from shared.bus import concurrently
@@ -156,7 +156,7 @@ def create_app(settings: GeneratorSettings | None = None) -> FastStream:
         answered = domain.query_answered(
             event,
             answer=answer,
-            citations=citations_used(answer, citations),
+            citations=citations_for(answer, citations, {c.chunk_id: c.text for c in event.chunks}),
             template=template,
             target=target,
             prompt_tokens=approx_token_count(prompt),

@@ -3,7 +3,8 @@
 Templates are TOML files (``templates/<id>/<version>.toml``) written for base, completion-style
 models: plain text with ``{context}`` and ``{question}`` placeholders, ending where the model should
 start writing. The context is one ``[n] passage text`` line per passage; answers cite passages by
-those markers, and :func:`citations_used` maps the markers back to source chunks.
+those markers; :func:`citations_for` maps them back to source chunks, or attributes an answer
+written without markers to passages by word overlap.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from llmops.query.v1.query_pb2 import Citation, RetrievedChunk
 
 from shared.errors import PermanentError
+from shared.text import content_words, sentences, support
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 """Where the templates shipped with the generator live."""
@@ -240,6 +242,35 @@ def cited_markers(answer: str) -> list[int]:
         if marker not in markers:
             markers.append(marker)
     return markers
+
+
+def attributed_citations(
+    answer: str, citations: Sequence[Citation], passages: Mapping[str, str], min_support: float = 0.5
+) -> list[Citation]:
+    """Citations for an answer written without markers (small base models often omit them).
+
+    Each answer sentence is attributed to the passage holding the largest share of its content
+    words (see shared.text), if that share reaches `min_support`; the passages so attributed are
+    cited in order of first use. `passages` maps chunk ids to their text.
+    """
+    words_of = {c.chunk_id: content_words(passages.get(c.chunk_id, "")) for c in citations}
+    used: list[Citation] = []
+    for sentence in sentences(answer):
+        words = content_words(sentence)
+        scored = [(support(words, words_of[c.chunk_id]), -c.marker, c) for c in citations]
+        if not scored:
+            break
+        best_support, _, best = max(scored, key=lambda item: item[:2])
+        if best_support >= min_support and best not in used:
+            used.append(best)
+    return used
+
+
+def citations_for(answer: str, citations: Sequence[Citation], passages: Mapping[str, str]) -> list[Citation]:
+    """The answer's own [n] markers when it has any, else citations attributed by word overlap."""
+    if cited_markers(answer):
+        return citations_used(answer, citations)
+    return attributed_citations(answer, citations, passages)
 
 
 def citations_used(answer: str, citations: Sequence[Citation]) -> list[Citation]:

@@ -21,7 +21,7 @@ from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
 from services.generator.llm import TritonLLM
-from services.generator.prompts import TemplateRegistry, cited_markers, pack_context
+from services.generator.prompts import TemplateRegistry, citations_for, cited_markers, pack_context
 from services.generator.routing import ModelTarget
 from shared.errors import PermanentError
 from shared.infra.models import GEMMA_MODEL, prepare_gemma
@@ -34,6 +34,7 @@ PASSAGE = (
     "The Tallinn ferry terminal opens at 6 a.m. and closes at 11 p.m. every day. "
     "Tickets are sold at the terminal and online."
 )
+DISTRACTOR = "Sourdough bread rises slowly because wild yeast ferments the dough overnight."
 QUESTION = "When does the Tallinn ferry terminal open?"
 GEMMA = ModelTarget(GEMMA_MODEL)
 
@@ -61,11 +62,16 @@ def words(text: str) -> set[str]:
     return {w.strip(".,;:!?\"'()").lower() for w in text.split()} - {""}
 
 
+CHUNKS = [
+    RetrievedChunk(chunk_id="c1", document_id="ferry", text=PASSAGE),
+    RetrievedChunk(chunk_id="c2", document_id="bread", text=DISTRACTOR),
+]
+
+
 def grounded_prompt() -> tuple[str, tuple[str, ...], int]:
-    """The real grounded_qa template with one retrieved passage, as the generator renders it."""
+    """The real grounded_qa template with the retrieved passages, as the generator renders it."""
     template = TemplateRegistry().get("grounded_qa", "v1")
-    chunk = RetrievedChunk(chunk_id="c1", document_id="ferry", text=PASSAGE)
-    context, _ = pack_context([chunk], budget_tokens=1500)
+    context, _ = pack_context(CHUNKS, budget_tokens=1500)
     return template.render(context, QUESTION), template.stop, template.max_tokens
 
 
@@ -125,8 +131,12 @@ async def test_grounded_answer_streams_incrementally(gemma: str) -> None:
     assert "6 a.m" in answer, answer
     assert words(answer) <= words(PASSAGE + " " + QUESTION + " [1]"), answer
     # The BASE 270M model rarely writes the [n] markers the template asks for (greedy decoding of
-    # this prompt writes none); when it does, it may only cite the one passage there is.
+    # this prompt writes none); when it does, it may only cite the ferry passage. Either way the
+    # generator's citations name the ferry passage and not the distractor.
     assert set(cited_markers(answer)) <= {1}, answer
+    _, citations = pack_context(CHUNKS, budget_tokens=1500)
+    cited = citations_for(answer, citations, {c.chunk_id: c.text for c in CHUNKS})
+    assert [c.document_id for c in cited] == ["ferry"], answer
 
 
 async def test_stop_sequences_end_generation_on_the_server(gemma: str) -> None:

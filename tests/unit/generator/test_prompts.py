@@ -13,6 +13,7 @@ from services.generator.prompts import (
     PromptTemplate,
     TemplateRegistry,
     approx_token_count,
+    citations_for,
     citations_used,
     cited_markers,
     pack_context,
@@ -67,7 +68,7 @@ def test_shipped_templates_load_with_both_versions() -> None:
         template = registry.get("grounded_qa", version)
         assert template.id == "grounded_qa"
         assert template.version == version
-        assert template.stop == ("\nQuestion:", "\n\n")
+        assert template.stop == ("\nQuestion:", "\n\n", "\n[")  # "\n[": an invented next passage
         assert template.max_tokens > 0
         assert template.description
         assert template.template.rstrip().endswith("Answer:")
@@ -300,3 +301,21 @@ def test_tiny_llm_style_answer_cites_the_first_passage() -> None:
     answer = f"{match.group(2).split('. ')[0]}. [{match.group(1)}]"  # what tiny_llm would say
     assert answer == "Brokers store partitions on disk. [1]"
     assert citations_used(answer, citations) == citations[:1]
+
+
+def test_answers_without_markers_are_attributed_by_word_overlap() -> None:
+    citations = [
+        Citation(marker=1, chunk_id="bread#0", document_id="bread.md"),
+        Citation(marker=2, chunk_id="kafka#0", document_id="kafka.md"),
+    ]
+    passages = {
+        "bread#0": "Sourdough bread rises slowly because wild yeast ferments the dough overnight.",
+        "kafka#0": "Kafka stores every topic as partitions of an ordered log; consumers track offsets.",
+    }
+    answer = "Kafka keeps each topic as partitions of an ordered log. Consumers track their offsets."
+    assert citations_for(answer, citations, passages) == [citations[1]]
+    both = "Wild yeast ferments the dough overnight. Topics are partitions of a log."
+    assert citations_for(both, citations, passages) == [citations[0], citations[1]]
+    # Unrelated text cites nothing, and explicit markers win over attribution.
+    assert citations_for("The moon orbits the earth every month.", citations, passages) == []
+    assert citations_for("Yeast ferments dough [2].", citations, passages) == [citations[1]]
