@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-import shutil
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.infra.paths import cache_dir
-from shared.infra.process import InfraError, ManagedProcess, run_with_status
+from shared.infra.process import ManagedProcess
+from shared.infra.tools import go_install
 
 WEAVIATE_VERSION = "v1.35.2"
 
 
 def install_weaviate(version: str = WEAVIATE_VERSION) -> Path:
     """Build weaviate-server once (several minutes on 2 cores); later runs reuse the binary."""
-    bin_dir = cache_dir() / "weaviate" / version / "bin"
-    binary = bin_dir / "weaviate-server"
-    if binary.exists():
-        return binary
-    if shutil.which("go") is None:
-        raise InfraError("go not found: Weaviate is built from source with `go install` (Go 1.24+)")
-    run_with_status(
-        f"building weaviate-server {version} with go install (first run only, ~3-10 min)",
-        ["go", "install", "-v", f"github.com/weaviate/weaviate/cmd/weaviate-server@{version}"],
-        cache_dir() / "logs" / "weaviate-build.log",
-        env={"GOBIN": str(bin_dir), "CGO_ENABLED": "1", "GOFLAGS": "-mod=mod"},
+    return go_install(
+        "github.com/weaviate/weaviate/cmd/weaviate-server",
+        version,
+        cgo=True,
+        bin_dir=cache_dir() / "weaviate" / version / "bin",
+        expected="~3-10 min",
     )
-    if not binary.exists():
-        raise InfraError(f"go install finished but {binary} is missing")
-    return binary
 
 
 @dataclass

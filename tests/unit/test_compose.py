@@ -39,6 +39,7 @@ OFFICIAL_IMAGES = {
     "weaviate": "semitechnologies/weaviate",
     "clickhouse": "clickhouse/clickhouse-server",
     "triton": "nvcr.io/nvidia/tritonserver",
+    "grafana": "grafana/grafana",
 }
 
 # LLMOPS_* variables compose already sets that no settings class defines yet, with the service that
@@ -428,6 +429,45 @@ def test_triton_serves_the_repository_models() -> None:
     assert models, "Triton must load at least one model"
     for model in models:
         assert (source / model / "config.pbtxt").is_file(), f"no model {model} in {source}"
+
+
+def test_grafana_provisions_the_monitor_dashboard_on_the_compose_clickhouse() -> None:
+    grafana = compose_services()["grafana"]
+    mounts = {
+        str(volume).split(":")[1]: REPO_ROOT / str(volume).split(":")[0]
+        for volume in grafana["volumes"]
+        if str(volume).startswith("./")
+    }
+    provisioning = mounts["/etc/grafana/provisioning"]
+    assert provisioning == REPO_ROOT / "deploy" / "grafana" / "provisioning"
+
+    datasources = [
+        source
+        for path in sorted((provisioning / "datasources").glob("*.yaml"))
+        for source in yaml.safe_load(path.read_text())["datasources"]
+    ]
+    plugins = environment(grafana)["GF_INSTALL_PLUGINS"].split(",")
+    assert datasources, "no datasource is provisioned"
+    for source in datasources:
+        assert source["type"] in plugins, f"datasource plugin {source['type']} is not installed"
+        host, port = source["jsonData"]["host"], int(source["jsonData"]["port"])
+        assert host in compose_services(), f"datasource host {host} is no compose service"
+        assert str(port) in [str(p) for p in compose_services()[host]["expose"]]
+    assert "clickhouse" in (grafana.get("depends_on") or {})
+
+    # The dashboard provider reads the folder deploy/grafana is mounted at, which holds the dashboards.
+    providers = [
+        provider
+        for path in sorted((provisioning / "dashboards").glob("*.yaml"))
+        for provider in yaml.safe_load(path.read_text())["providers"]
+    ]
+    assert providers, "no dashboard provider is provisioned"
+    for provider in providers:
+        folder = mounts[provider["options"]["path"]]
+        assert sorted(folder.glob("*.json")), f"{folder} holds no dashboard"
+    # The monitor writes to the same server the dashboards read.
+    monitor_url = environment(compose_services()["monitor"])["LLMOPS_MONITOR_CLICKHOUSE_URL"]
+    assert any(monitor_url.startswith(f"http://{s['jsonData']['host']}:") for s in datasources)
 
 
 # --- tests: Dockerfile ---------------------------------------------------------------------------------
