@@ -117,8 +117,10 @@ class ServiceRuntime:
                 "metrics": f"http://{settings.metrics_host}:{self.metrics_port}/metrics",
             }
             log.info("service ready", extra=endpoints)
-            if settings.ready_file:
-                settings.ready_file.write_text(json.dumps(endpoints))
+            if settings.ready_file:  # atomically: a watcher must never read a half-written file
+                partial = settings.ready_file.with_name(settings.ready_file.name + ".tmp")
+                partial.write_text(json.dumps(endpoints))
+                partial.replace(settings.ready_file)
 
         async def stop_grpc() -> None:
             if self.grpc is not None:
