@@ -1,17 +1,174 @@
-"""The finetune process: FastStream app, gRPC health and reflection, metrics.
+"""The finetune process: curation inputs from the bus, trigger policies, jobs, lifecycle events, ops API.
 
-Its handlers arrive with the issue that gives the finetune its capability; until then it runs
-the shared runtime only (bus connection, health, metrics), so deployments can already wire it.
+It consumes, in its own group (llmops.finetune), the answered queries, the feedback and the monitor's
+quality alerts, and keeps what curation needs in its SQLite store (PII-scrubbed; groundedness computed
+with the monitor's function on arrival). The scheduler (`services.finetune.scheduler`) evaluates the
+trigger policies every tick, curates dataset versions, runs jobs through the runner (a local training
+subprocess by default) and publishes FineTuneJobUpdated on llmops.finetune.jobs.v1. Events of tenants
+this deployment does not serve are skipped (counted). gRPC: llmops.finetune.v1.FineTuneService.
 """
 
 from __future__ import annotations
 
-from faststream import FastStream
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 
+from faststream import FastStream
+from llmops.feedback.v1.events_pb2 import FeedbackRecorded
+from llmops.finetune.v1 import finetune_service_pb2 as pb
+from llmops.finetune.v1 import finetune_service_pb2_grpc as pb_grpc
+from llmops.finetune.v1.events_pb2 import FineTuneJobUpdated
+from llmops.query.v1.events_pb2 import QueryAnswered
+from llmops.telemetry.v1.events_pb2 import QualityAlert
+from prometheus_client import Counter
+
+from services.finetune.api import FineTuneServicer
+from services.finetune.curation import Answered, Embed, Feedback
+from services.finetune.pii import scrub
+from services.finetune.runner import LocalProcessRunner
+from services.finetune.scheduler import Scheduler
 from services.finetune.settings import FinetuneSettings
+from services.finetune.store import FinetuneStore
+from services.finetune.triggers import PendingAlert
+from services.monitor.quality import groundedness
+from shared.bus import Decoded, Rejected, publish_event
+from shared.errors import PermanentError
+from shared.grpc_server import Registration
 from shared.service import ServiceRuntime
+from shared.topics import FEEDBACK_RECORDED, FINETUNE_JOBS, QUALITY_ALERTS, QUERY_ANSWERED
+
+log = logging.getLogger(__name__)
+
+EVENTS = Counter(
+    "llmops_finetune_events_total", "Events the finetune consumed, by kind and outcome.", ["kind", "outcome"]
+)
+
+
+def answered_record(event: QueryAnswered, *, max_context_chunks: int, support_threshold: float) -> Answered:
+    context = [chunk.text for chunk in event.context]
+    score = groundedness(event.answer, context, support_threshold=support_threshold)
+    return Answered(
+        tenant_id=event.meta.tenant_id,
+        correlation_id=event.meta.correlation_id,
+        question=scrub(event.question),
+        answer=scrub(event.answer),
+        context=tuple(scrub(text) for text in context[:max_context_chunks]),
+        groundedness=score,
+        occurred_ms=event.meta.occurred_at.ToMilliseconds(),
+        model_name=event.model_name,
+        model_version=event.model_version,
+    )
+
+
+def feedback_record(event: FeedbackRecorded) -> Feedback:
+    return Feedback(
+        tenant_id=event.meta.tenant_id,
+        correlation_id=event.meta.correlation_id,
+        event_id=event.meta.event_id,
+        verdict=int(event.verdict),
+        rating=int(event.rating),
+        correction=scrub(event.correction),
+        occurred_ms=event.meta.occurred_at.ToMilliseconds(),
+    )
+
+
+def embed_factory(settings: FinetuneSettings) -> Embed | None:
+    if settings.dedup_backend == "none":
+        return None
+    from services.embedder.embedding import load_embedder
+
+    embedder = load_embedder(settings.dedup_backend)
+    return embedder.embed
 
 
 def create_app(settings: FinetuneSettings | None = None) -> FastStream:
-    runtime = ServiceRuntime(settings or FinetuneSettings())
-    return runtime.app()
+    settings = settings or FinetuneSettings()
+    runtime = ServiceRuntime(settings)
+    broker = runtime.broker
+    tenants = settings.tenants.registry()
+    store = FinetuneStore(settings.store_path)
+
+    async def publish(event: FineTuneJobUpdated) -> None:
+        await publish_event(broker, FINETUNE_JOBS.name, event, key=event.job_id)
+
+    scheduler = Scheduler(
+        settings,
+        store,
+        LocalProcessRunner(settings.jobs_dir, timeout_s=settings.job_timeout_s),
+        publish,
+        embed_factory=lambda: embed_factory(settings),
+    )
+
+    def served(kind: str, tenant_id: str) -> bool:
+        try:
+            tenants.check(tenant_id)
+        except PermanentError:
+            EVENTS.labels(kind, "skipped_unknown_tenant").inc()
+            return False
+        EVENTS.labels(kind, "stored").inc()
+        return True
+
+    async def on_answered(decoded: Decoded[QueryAnswered]) -> Rejected:
+        store.add_answers(
+            [
+                answered_record(
+                    event,
+                    max_context_chunks=settings.max_context_chunks,
+                    support_threshold=settings.sentence_support_threshold,
+                )
+                for _, event in decoded
+                if served("answered", event.meta.tenant_id)
+            ]
+        )
+        return []
+
+    async def on_feedback(decoded: Decoded[FeedbackRecorded]) -> Rejected:
+        store.add_feedback([feedback_record(e) for _, e in decoded if served("feedback", e.meta.tenant_id)])
+        return []
+
+    async def on_alert(decoded: Decoded[QualityAlert]) -> Rejected:
+        for _, event in decoded:
+            if served("quality_alert", event.meta.tenant_id):
+                at = event.meta.occurred_at.ToMilliseconds() / 1000
+                store.add_alert(
+                    event.meta.event_id,
+                    event.meta.tenant_id,
+                    PendingAlert(event.signal, event.observed, event.threshold, at),
+                )
+        return []
+
+    for topic, message_type, handle, title in (
+        (QUERY_ANSWERED.name, QueryAnswered, on_answered, "finetune:answered"),
+        (FEEDBACK_RECORDED.name, FeedbackRecorded, on_feedback, "finetune:feedback"),
+        (QUALITY_ALERTS.name, QualityAlert, on_alert, "finetune:quality-alerts"),
+    ):
+        runtime.consume_batches(
+            topic,
+            message_type,
+            handle,  # type: ignore[arg-type]
+            max_records=settings.max_batch_records,
+            title=title,
+        )
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await scheduler.stop()
+            store.close()
+
+    async def start_scheduler() -> None:
+        await scheduler.start()
+
+    def registrations() -> Iterable[Registration]:
+        return [
+            (
+                pb_grpc.add_FineTuneServiceServicer_to_server,
+                FineTuneServicer(scheduler, store, tenants),
+                pb.DESCRIPTOR.services_by_name["FineTuneService"].full_name,
+            )
+        ]
+
+    return runtime.app(grpc_registrations=registrations, lifespan=lifespan, before_serving=[start_scheduler])

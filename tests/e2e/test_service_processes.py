@@ -52,11 +52,13 @@ async def test_reflection_lists_services(running_services: dict[str, ServiceProc
     assert set(API_SERVICES.get(name, ())) <= set(listed)
 
 
-# The APIs each service serves so far, besides health and reflection.
+# The APIs each service serves, besides health and reflection.
 API_SERVICES = {
-    "gateway": ["llmops.api.v1.IngestService"],
+    "gateway": ["llmops.api.v1.IngestService", "llmops.api.v1.QueryService", "llmops.api.v1.FeedbackService"],
     "embedder": ["llmops.embedding.v1.EmbedderService"],
     "retriever": ["llmops.retrieval.v1.RetrieverService"],
+    "monitor": ["llmops.monitor.v1.MonitorService"],
+    "finetune": ["llmops.finetune.v1.FineTuneService"],
 }
 
 

@@ -415,6 +415,10 @@ def scaled_object(service: str) -> Doc | None:
     return found[0] if found else None
 
 
+# Consumers that run exactly one replica and so have no autoscaler.
+SINGLETONS = {"finetune": "one scheduler owns the job queue and its SQLite store"}
+
+
 @pytest.mark.parametrize("service", sorted(service_packages()))
 def test_kafka_consumers_scale_on_their_real_group_and_topics(
     service: str, clean_env: pytest.MonkeyPatch, tmp_path: Path
@@ -427,6 +431,16 @@ def test_kafka_consumers_scale_on_their_real_group_and_topics(
     ]
     if not subscribed:
         assert scaler is None, f"{service} consumes in no durable group: KEDA has no lag to scale on"
+        return
+    if service in SINGLETONS:
+        deployment = one("Deployment", service)
+        assert scaler is None and not hpas, f"{service} runs one replica: {SINGLETONS[service]}"
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"]["type"] == "Recreate", "never two at once, even in a rollout"
+        for name in subscribed:
+            assert name in BY_NAME and service in BY_NAME[name].consumers, (
+                f"shared/topics.py does not list {service} as a consumer of {name}"
+            )
         return
     assert scaler is not None, f"{service} consumes {sorted(subscribed)} but has no KEDA ScaledObject"
     assert not hpas, f"{service}: KEDA owns the HPA of a ScaledObject's target; remove the extra HPA"
