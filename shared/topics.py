@@ -81,7 +81,7 @@ DOCUMENT_DELETED = Topic(
     3,
     7 * DAY_MS,
     ("retriever",),
-    ("gateway", "monitor"),
+    ("monitor",),
     "A document's chunks are gone.",
 )
 INGEST_FAILED = Topic(
@@ -101,7 +101,7 @@ QUERY_REQUESTED = Topic(
     12,
     1 * DAY_MS,
     ("gateway", "upstream"),
-    ("embedder", "monitor"),
+    ("embedder",),
     "A question to answer; upstream systems may produce it directly.",
 )
 QUERY_EMBEDDED = Topic(
@@ -121,7 +121,7 @@ CONTEXT_RETRIEVED = Topic(
     12,
     1 * DAY_MS,
     ("retriever",),
-    ("generator", "monitor"),
+    ("generator",),
     "Grounding context for a question.",
 )
 GENERATION_CHUNKS = Topic(
@@ -141,7 +141,7 @@ QUERY_ANSWERED = Topic(
     12,
     7 * DAY_MS,
     ("generator",),
-    ("gateway", "monitor", "upstream"),
+    ("gateway", "monitor", "finetune", "upstream"),
     "Final answers with citations (default reply topic).",
 )
 QUERY_FAILED = Topic(
@@ -201,7 +201,7 @@ MODEL_PROMOTED = Topic(
     1,
     365 * DAY_MS,
     ("finetune",),
-    ("generator", "monitor"),
+    ("monitor",),
     "A model version starts serving (canary share or full).",
 )
 MODEL_ROLLED_BACK = Topic(
@@ -211,7 +211,7 @@ MODEL_ROLLED_BACK = Topic(
     1,
     365 * DAY_MS,
     ("finetune",),
-    ("generator", "monitor"),
+    ("monitor",),
     "A model version stops serving.",
 )
 DEAD_LETTER = Topic(

@@ -91,9 +91,14 @@ class Platform:
             f"LLMOPS_{name.upper()}_IDEMPOTENCY_DB": str(self.state_dir / name / "processed.db"),
             "LLMOPS_MONITOR_CLICKHOUSE_PATH": str(self.state_dir / "monitor" / "chdb"),
         }
-        if name == "generator":  # a policy set in the environment wins
+        if name == "generator":  # a policy or sampling set in the environment wins
             env["LLMOPS_GENERATOR_ROUTING_POLICY"] = (
                 os.environ.get("LLMOPS_GENERATOR_ROUTING_POLICY") or self.routing_policy()
+            )
+            # Greedy decoding of the 270M base model loops on its own sentence; a repetition penalty
+            # of 1.3 stops that (measured on the sample corpus: no loops, same facts when it knows them).
+            env["LLMOPS_GENERATOR_SAMPLING_PARAMETERS"] = os.environ.get(
+                "LLMOPS_GENERATOR_SAMPLING_PARAMETERS", '{"repetition_penalty": 1.3}'
             )
         return service_process(self.stack, name, grpc_port=grpc_port, metrics_port=metrics_port, env=env)
 

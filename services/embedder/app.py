@@ -31,7 +31,7 @@ from shared.documents import extract_text
 from shared.errors import PermanentError
 from shared.events import follow_meta
 from shared.grpc_server import Registration
-from shared.queries import deadline_passed, publish_query_failed
+from shared.queries import check_reply_topic, deadline_passed, publish_query_failed
 from shared.service import ServiceRuntime
 from shared.topics import CHUNKS_EMBEDDED, INGEST_FAILED, INGEST_REQUESTED, QUERY_EMBEDDED, QUERY_REQUESTED
 
@@ -146,6 +146,7 @@ def create_app(settings: EmbedderSettings | None = None) -> FastStream:
             try:
                 tenants.check(request.meta.tenant_id)
                 domain.validate_question(request, settings.max_question_chars)
+                check_reply_topic(request)
             except PermanentError as exc:
                 rejected.append((record, exc))
                 await publish_query_failed(

@@ -48,8 +48,8 @@ class IngestServicer(ingest_grpc.IngestServiceServicer):
                 "document.document_id is required",
                 reason="INVALID_DOCUMENT",
             )
-        document.format = detect_format(document.source_uri, document.format)  # type: ignore[assignment]
         try:
+            document.format = detect_format(document.source_uri, document.format)  # type: ignore[assignment]
             extract_text(document, max_bytes=self.settings.max_document_bytes)  # reject bad input up front
         except PermanentError as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), reason="INVALID_DOCUMENT")

@@ -68,7 +68,8 @@ def test_shipped_templates_load_with_both_versions() -> None:
         template = registry.get("grounded_qa", version)
         assert template.id == "grounded_qa"
         assert template.version == version
-        assert template.stop == ("\nQuestion:", "\n\n", "\n[")  # "\n[": an invented next passage
+        # A base model goes on with another question, a repeated "Answer:", or an invented "[n]" passage.
+        assert template.stop == ("\nQuestion:", "\nAnswer:", "\n\n", "\n[")
         assert template.max_tokens > 0
         assert template.description
         assert template.template.rstrip().endswith("Answer:")
