@@ -1,10 +1,17 @@
-"""End-to-end latency of a gRPC Query against the sum of the per-stage service times in its answer.
+"""End-to-end latency of a gRPC Query against the sum of the per-stage service times in its answer, and
+with the monitor running against without it.
 
 The whole query path runs as separate processes (gateway, embedder, retriever, generator) on a
 private Kafka, Weaviate and Triton serving `tiny_llm`. Each sequential Query's wall time at the client
 (variant A) is set against the time the stages report spending on it (variant B = embed + retrieve +
 generate, from the answer's timings). A / B is the platform's overhead: the Kafka hops between
 stages, gRPC, (de)serialisation and waiting in consumers' poll loops.
+
+Monitor on vs off: the same sequential Query loop in alternating blocks (ABBA: off on, on off, ...),
+without a monitor process (off) and with one consuming the query path's topics into chdb (on; started
+before an on block and caught up with every answer so far, stopped before an off block). Each block's
+median counts; the row gives the median of the on blocks against the median of the off blocks. The
+first row uses the off blocks.
 """
 
 from __future__ import annotations
@@ -22,15 +29,23 @@ from llmops.api.v1 import ingest_service_pb2_grpc as ingest_grpc
 from llmops.api.v1 import query_service_pb2 as query_pb
 from llmops.api.v1 import query_service_pb2_grpc as query_grpc
 from llmops.ingest.v1.document_pb2 import Document
+from llmops.monitor.v1 import monitor_service_pb2 as monitor_pb
+from llmops.monitor.v1 import monitor_service_pb2_grpc as monitor_grpc
 
 from bench.report import Row, status
 from services.cli.stack import service_process
 from services.gateway.auth import issue_key
+from shared.infra.process import ManagedProcess
 from shared.infra.stack import Stack
 
 PORT_BASE = 37000
 TENANT = "bench"
 SERVICES = ("embedder", "retriever", "generator", "gateway")
+MONITOR_GRPC_PORT = PORT_BASE + 155
+SETTLE_S = 5.0  # after the monitor started and caught up, before an on block
+PAIRS = 8  # off/on block pairs, in ABBA order (off on, on off, ...) so a drift in load cancels out
+ORDER = [mode for pair in range(PAIRS) for mode in (("off", "on") if pair % 2 == 0 else ("on", "off"))]
+STUB: Any = monitor_grpc.MonitorServiceStub  # grpcio-tools writes no types for *_pb2_grpc
 SERVICE_STAGES = ("embed", "retrieve", "generate")
 TOPICS = {
     "kafka": "Kafka stores every topic as partitions of an ordered log.",
@@ -51,8 +66,50 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def _measure(target: str, api_key: str, queries: int) -> tuple[list[float], list[float]]:
+async def _stored_requests(target: str) -> int:
+    """Requests of TENANT the monitor has stored (0 while it cannot answer yet)."""
+    window = monitor_pb.TimeWindow()
+    window.start.FromSeconds(int(time.time()) - 86400)
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            response = await STUB(channel).GetTraffic(
+                monitor_pb.GetTrafficRequest(tenant_id=TENANT, window=window, bucket_seconds=86400),
+                timeout=10,
+            )
+    except grpc.aio.AioRpcError:
+        return 0
+    return int(response.requests)
+
+
+async def _monitor_on(monitor: ManagedProcess, answered: int) -> float:
+    """Start the monitor, wait until it has stored every answer so far, then SETTLE_S more (its start-up
+    work, e.g. the engine's first merges, is not the steady state being measured); seconds until it
+    had caught up."""
+    started = time.perf_counter()
+    await asyncio.to_thread(monitor.start)
+    target = f"127.0.0.1:{MONITOR_GRPC_PORT}"
+    deadline = time.monotonic() + 120
+    while await _stored_requests(target) < answered:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the monitor did not catch up with {answered} answers in 120 s")
+        await asyncio.sleep(0.2)
+    caught_up = time.perf_counter() - started
+    await asyncio.sleep(SETTLE_S)
+    return caught_up
+
+
+async def _measure(
+    target: str, api_key: str, queries: int, monitor: ManagedProcess
+) -> tuple[dict[str, list[list[float]]], list[float], list[float], list[float]]:
+    """Blocks of `queries` sequential queries in ORDER (the monitor started before an on block that
+    follows an off one, stopped before an off block): per mode the blocks' wall times; the off blocks'
+    wall and stage times; the monitor's start + catch-up times."""
     md = (("x-api-key", api_key),)
+    blocks: dict[str, list[list[float]]] = {"off": [], "on": []}
+    off_wall: list[float] = []
+    off_stages: list[float] = []
+    catch_up_s: list[float] = []
+    answered = 0
     async with grpc.aio.insecure_channel(target) as channel:
         ingest = ingest_grpc.IngestServiceStub(channel)
         for doc_id, text in TOPICS.items():
@@ -61,22 +118,41 @@ async def _measure(target: str, api_key: str, queries: int) -> tuple[list[float]
         stub = query_grpc.QueryServiceStub(channel)
         for question in QUESTIONS * 3:  # warm-up: connections, caches, JIT-free but lazy imports
             await stub.Query(query_pb.QueryRequest(question=question), metadata=md, timeout=30)
-        wall_ms: list[float] = []
-        stages_ms: list[float] = []
-        for i in range(queries):  # one at a time: latency, not throughput
-            started = time.perf_counter()
-            response = await stub.Query(
-                query_pb.QueryRequest(question=QUESTIONS[i % len(QUESTIONS)]), metadata=md, timeout=30
+            answered += 1
+        running = False
+        for n, mode in enumerate(ORDER):
+            if mode == "on" and not running:
+                catch_up_s.append(await _monitor_on(monitor, answered))
+                running = True
+            elif mode == "off" and running:
+                await asyncio.to_thread(monitor.stop)
+                running = False
+            wall_ms: list[float] = []
+            for i in range(queries):  # one at a time: latency, not throughput
+                started = time.perf_counter()
+                response = await stub.Query(
+                    query_pb.QueryRequest(question=QUESTIONS[i % len(QUESTIONS)]), metadata=md, timeout=30
+                )
+                wall_ms.append((time.perf_counter() - started) * 1000)
+                answered += 1
+                if mode == "off":
+                    timings = {t.stage: t.duration_ms for t in response.timings}
+                    off_stages.append(sum(timings[s] for s in SERVICE_STAGES))
+            blocks[mode].append(wall_ms)
+            if mode == "off":
+                off_wall += wall_ms
+            status(
+                f"e2e: block {n + 1}/{len(ORDER)} monitor {mode}: p50 {statistics.median(wall_ms):.1f} ms "
+                f"over {queries} queries"
             )
-            wall_ms.append((time.perf_counter() - started) * 1000)
-            timings = {t.stage: t.duration_ms for t in response.timings}
-            stages_ms.append(sum(timings[s] for s in SERVICE_STAGES))
-            if (i + 1) % 50 == 0:
-                status(f"e2e: {i + 1}/{queries} queries")
-    return wall_ms, stages_ms
+        if running:
+            await asyncio.to_thread(monitor.stop)
+    return blocks, off_wall, off_stages, catch_up_s
 
 
 def run_e2e(queries: int = 200) -> tuple[list[Row], dict[str, Any]]:
+    """`queries` in the monitor-off blocks (and as many in the on blocks): PAIRS blocks of each."""
+    block = max(1, queries // PAIRS)
     with tempfile.TemporaryDirectory(prefix="llmops-bench-e2e-") as state_dir:
         stack = Stack(
             Path(state_dir),
@@ -101,6 +177,17 @@ def run_e2e(queries: int = 200) -> tuple[list[Row], dict[str, Any]]:
             )
             for i, name in enumerate(SERVICES)
         ]
+        monitor = service_process(
+            stack,
+            "monitor",
+            grpc_port=MONITOR_GRPC_PORT,
+            env={
+                **env,
+                "LLMOPS_MONITOR_LOG_LEVEL": "WARNING",
+                "LLMOPS_MONITOR_CLICKHOUSE_PATH": str(Path(state_dir) / "monitor-chdb"),
+            },
+            start_timeout_s=300,
+        )
         try:
             status("e2e: starting Kafka, Weaviate, Triton and the four query-path services")
             stack.up()
@@ -108,25 +195,58 @@ def run_e2e(queries: int = 200) -> tuple[list[Row], dict[str, Any]]:
                 proc.start(wait=False)
             for proc in procs:
                 proc.wait_healthy()
-            wall_ms, stages_ms = asyncio.run(_measure(f"127.0.0.1:{PORT_BASE + 154}", api_key, queries))
+            blocks, wall_ms, stages_ms, catch_up_s = asyncio.run(
+                _measure(f"127.0.0.1:{PORT_BASE + 154}", api_key, block, monitor)
+            )
         finally:
+            monitor.stop()
             for proc in procs:
                 proc.stop()
             stack.down()
     wall_p50, stages_p50 = statistics.median(wall_ms), statistics.median(stages_ms)
     overhead = [w - s for w, s in zip(wall_ms, stages_ms, strict=True)]
     notes = (
-        f"{queries} sequential gRPC Query calls (tiny_llm, 4 documents); A = wall time at the client, "
-        f"p99 {percentile(wall_ms, 99):.1f} ms; B = embed + retrieve + generate as the stages report them, "
-        f"p99 {percentile(stages_ms, 99):.1f} ms; overhead A - B p50 {statistics.median(overhead):.1f} ms, "
-        f"p99 {percentile(overhead, 99):.1f} ms (4 Kafka hops, gRPC, polling)"
+        f"{len(wall_ms)} sequential gRPC Query calls (tiny_llm, 4 documents; the monitor-off blocks); A = "
+        f"wall time at the client, p99 {percentile(wall_ms, 99):.1f} ms; B = embed + retrieve + generate as "
+        f"the stages report them, p99 {percentile(stages_ms, 99):.1f} ms; overhead A - B p50 "
+        f"{statistics.median(overhead):.1f} ms, p99 {percentile(overhead, 99):.1f} ms (4 Kafka hops, gRPC, "
+        "polling)"
     )
-    row = Row(
-        "query end-to-end latency p50 (ms)",
-        f"gRPC Query {wall_p50:.1f}",
-        f"sum of stage times {stages_p50:.1f}",
-        f"{wall_p50 / stages_p50:.2f}",
-        notes,
+    block_p50 = {mode: [statistics.median(b) for b in runs] for mode, runs in blocks.items()}
+    on_p50, off_p50 = statistics.median(block_p50["on"]), statistics.median(block_p50["off"])
+    on_all = [ms for b in blocks["on"] for ms in b]
+    off_all = [ms for b in blocks["off"] for ms in b]
+    monitor_notes = (
+        f"{PAIRS} pairs of blocks of {block} sequential gRPC Query calls, monitor off and on in ABBA order "
+        f"(started before an on block, caught up with every answer so far, {SETTLE_S:.0f} s to settle, "
+        "stopped before an off block); block p50s off "
+        f"{', '.join(f'{v:.1f}' for v in block_p50['off'])} ms, on "
+        f"{', '.join(f'{v:.1f}' for v in block_p50['on'])} ms; p99 over all blocks off "
+        f"{percentile(off_all, 99):.1f} ms, on {percentile(on_all, 99):.1f} ms; goal ratio <= 1.02; "
+        f"monitor start + catch-up {', '.join(f'{s:.1f}' for s in catch_up_s)} s"
     )
-    raw = {"queries": queries, "wall_ms": wall_ms, "stages_ms": stages_ms}
-    return [row], raw
+    rows = [
+        Row(
+            "query end-to-end latency p50 (ms)",
+            f"gRPC Query {wall_p50:.1f}",
+            f"sum of stage times {stages_p50:.1f}",
+            f"{wall_p50 / stages_p50:.2f}",
+            notes,
+        ),
+        Row(
+            "query end-to-end latency p50, monitor on vs off (ms)",
+            f"monitor on {on_p50:.1f}",
+            f"monitor off {off_p50:.1f}",
+            f"{on_p50 / off_p50:.3f}",
+            monitor_notes,
+        ),
+    ]
+    raw = {
+        "queries_per_block": block,
+        "wall_ms": wall_ms,
+        "stages_ms": stages_ms,
+        "monitor_blocks_ms": blocks,
+        "monitor_block_p50_ms": block_p50,
+        "monitor_catch_up_s": catch_up_s,
+    }
+    return rows, raw

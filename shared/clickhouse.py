@@ -42,11 +42,25 @@ class ClickHouse(Protocol):
     def close(self) -> None: ...
 
 
-def bind_parameters(parameters: dict[str, Any] | None) -> dict[str, str]:
-    """Parameter values as the text ClickHouse parses for `{name:Type}` (clickhouse-connect's binder)."""
+# clickhouse-connect's escape_str (binding.must_escape) as one str.translate table: a backslash before
+# each of \ ' ` TAB LF. Its own escape_str works a character at a time (~4 us per 36-character id).
+_ESCAPES = str.maketrans({c: "\\" + c for c in ("\\", "'", "`", "\t", "\n")})
+
+
+def _bind_value(value: Any) -> str:
+    """format_bind_value(value), with a fast path for strings and lists of strings (the same text)."""
     from clickhouse_connect.driver.binding import format_bind_value
 
-    return {name: str(format_bind_value(value)) for name, value in (parameters or {}).items()}
+    if type(value) is str:
+        return value.translate(_ESCAPES)
+    if type(value) is list and all(type(v) is str for v in value):
+        return "[" + ", ".join(["'" + v.translate(_ESCAPES) + "'" for v in value]) + "]"
+    return str(format_bind_value(value))
+
+
+def bind_parameters(parameters: dict[str, Any] | None) -> dict[str, str]:
+    """Parameter values as the text ClickHouse parses for `{name:Type}` (clickhouse-connect's binder)."""
+    return {name: _bind_value(value) for name, value in (parameters or {}).items()}
 
 
 def _json_value(value: Any) -> Any:
@@ -60,6 +74,23 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+def _epoch_s(value: datetime) -> float | str:
+    """Seconds since the epoch (a naive datetime is taken as UTC, as _json_value does); a time before
+    the epoch as _json_value's text."""
+    seconds = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
+    return seconds if seconds >= 0 else _json_value(value)
+
+
+def _json_column(column: list[Any]) -> list[Any]:
+    """A column of datetimes as epoch seconds with microseconds (ClickHouse parses the decimal text
+    and keeps the column's precision, as from the formatted time, ~10x cheaper than strftime); any
+    other column unchanged. A datetime that does not lead its column is still written by _json_value."""
+    first = next((v for v in column if v is not None), None)
+    if isinstance(first, datetime):
+        return [_epoch_s(v) if isinstance(v, datetime) else v for v in column]
+    return column
 
 
 class ChdbClickHouse:
@@ -86,13 +117,22 @@ class ChdbClickHouse:
         return [tuple(row) for row in json.loads(text)["data"]]
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """One INSERT of all rows, column-oriented: one JSON document `[[column 1], [column 2], ...]`
+        (FORMAT JSONCompactColumns) written by json's C encoder and streamed in with send_insert, so
+        no per-row Python encoding and no SQL parsing of the data."""
         if not rows:
             return
-        body = "\n".join(
-            json.dumps(dict(zip(columns, row, strict=True)), default=_json_value, ensure_ascii=False)
-            for row in rows
-        )
-        self._session.query(f"INSERT INTO {table} FORMAT JSONEachRow\n{body}")
+        data = [list(column) for column in zip(*rows, strict=True)]
+        if len(data) != len(columns):
+            raise ValueError(f"{len(columns)} columns but rows of {len(data)} values")
+        for i, column in enumerate(data):
+            data[i] = _json_column(column)
+        body = json.dumps(data, default=_json_value, ensure_ascii=False)
+        with self._session.send_insert(
+            f"INSERT INTO {table} ({', '.join(columns)})", "JSONCompactColumns"
+        ) as inserter:
+            inserter.append(body)
+            inserter.finish()
 
     def close(self) -> None:
         self._session.close()

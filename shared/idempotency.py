@@ -60,6 +60,8 @@ class SqliteIdempotencyStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS processed (key TEXT PRIMARY KEY, seq INTEGER)")
+        # MAX(seq) runs on every mark: without an index it scans the whole table.
+        self._db.execute("CREATE INDEX IF NOT EXISTS processed_seq ON processed (seq)")
         self._lock = asyncio.Lock()
         self._marks = 0
 

@@ -3,12 +3,13 @@
 *Content words* are a text's lower-cased alphanumeric tokens that are not stop words, lightly
 normalised (a plural "s" / "ies" is removed) so "offsets" matches "offset". Sentences are split at
 ".", "!", "?" followed by white space and at line breaks, with citation markers such as "[1]" removed.
+The monitor scores every answer with these, so they are written for speed (cached word lookups, a
+regex-free tokeniser for ASCII text).
 """
 
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 _STOP_WORDS_TEXT = """
 a about above after again against all also am an and any are as at be because been before being
@@ -26,7 +27,6 @@ _TOKEN = re.compile(r"[^\W_]+")
 _SPACE_BEFORE_PUNCTUATION = re.compile(r"[ \t]+([.!?,;:])")
 
 
-@lru_cache(maxsize=65536)
 def normalise(token: str) -> str:
     if len(token) > 4 and token.endswith("ies"):
         return token[:-3] + "y"
@@ -35,21 +35,51 @@ def normalise(token: str) -> str:
     return token
 
 
+class _ContentWordCache(dict[str, str]):
+    """token -> its normalised content word, or "" for a token that is not one (a stop word, a single
+    letter). Looked up as `cache[token]`, which stays in C for a known token; bounded by clearing."""
+
+    capacity = 200_000
+
+    def __missing__(self, token: str) -> str:
+        word = "" if token in STOP_WORDS or (len(token) == 1 and not token.isdigit()) else normalise(token)
+        if len(self) >= self.capacity:
+            self.clear()
+        self[token] = word
+        return word
+
+
+_CONTENT_WORD = _ContentWordCache()
+# On ASCII text _TOKEN's tokens are the runs of [A-Za-z0-9]: every other character becomes a space and
+# str.split gives the same tokens without the regex engine (~4x faster).
+_ASCII_SEPARATORS = str.maketrans({c: " " for c in map(chr, range(128)) if not c.isalnum()})
+
+
+def tokens(lowered: str) -> list[str]:
+    """The alphanumeric tokens of a lower-cased text (`_TOKEN.findall`, faster on ASCII)."""
+    if lowered.isascii():
+        return lowered.translate(_ASCII_SEPARATORS).split()
+    return _TOKEN.findall(lowered)
+
+
+def content_word_set(text: str) -> set[str]:
+    """Distinct normalised content words of `text`, as a mutable set."""
+    words = set(map(_CONTENT_WORD.__getitem__, tokens(text.lower())))
+    words.discard("")
+    return words
+
+
 def content_words(text: str) -> frozenset[str]:
     """Distinct normalised content words of `text` (stop words and one-letter tokens dropped)."""
-    return frozenset(
-        normalise(token)
-        for token in _TOKEN.findall(text.lower())
-        if token not in STOP_WORDS and (len(token) > 1 or token.isdigit())
-    )
+    return frozenset(content_word_set(text))
 
 
 def sentences(text: str) -> list[str]:
     """The sentences of `text`, citation markers removed."""
-    cleaned = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", CITATION_MARKER.sub("", text))
-    return [s.strip() for s in _SENTENCE_END.split(cleaned) if s.strip()]
+    cleaned = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", CITATION_MARKER.sub("", text) if "[" in text else text)
+    return [s for s in map(str.strip, _SENTENCE_END.split(cleaned)) if s]
 
 
-def support(words: frozenset[str], source: frozenset[str]) -> float:
+def support(words: frozenset[str] | set[str], source: frozenset[str] | set[str]) -> float:
     """Share of `words` found in `source` (0 when `words` is empty)."""
     return len(words & source) / len(words) if words else 0.0

@@ -1,10 +1,14 @@
 """The monitor process: telemetry from the bus into ClickHouse, quality signals and alerts, ops queries.
 
 It consumes in its own group (llmops.monitor) the query outcomes (answered, failed), feedback, ingest
-outcomes, telemetry spans, fine-tune events and query embeddings, in batches: one INSERT per table per
-batch, committed after it. An unreachable ClickHouse raises ClickHouseUnavailable (transient): the batch
-stays uncommitted, is redelivered after a pause and lands once ClickHouse is back. Reads go through
-the gRPC API (llmops.monitor.v1.MonitorService) because one process owns the embedded chdb path.
+outcomes, telemetry spans, fine-tune events and query embeddings, in batches (up to max_batch_records,
+large fetches): one INSERT per table per batch, committed after it. The tables deduplicate replays
+themselves (requests by a version check before the insert, every table by ReplacingMergeTree), so the
+sink topics skip the per-event idempotency lookups of the EventGuard; query embeddings, which only feed
+the in-memory drift window, keep them. An unreachable ClickHouse raises ClickHouseUnavailable
+(transient): the batch stays uncommitted, is redelivered after a pause and lands once ClickHouse is
+back. Reads go through the gRPC API (llmops.monitor.v1.MonitorService) because one process owns the
+embedded chdb path.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka.structs import ConsumerRecord
 from faststream import FastStream
+from faststream.middlewares import AckPolicy
 from google.protobuf.message import Message
 from llmops.feedback.v1.events_pb2 import FeedbackRecorded
 from llmops.finetune.v1.events_pb2 import FineTuneJobUpdated, ModelVersionPromoted, ModelVersionRolledBack
@@ -33,7 +39,7 @@ from services.monitor.quality import QualityMonitor, Thresholds, groundedness
 from services.monitor.redaction import RedactionPolicy
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import Retention, StoreRunner
-from shared.bus import Decoded, Rejected, publish_event
+from shared.bus import Decoded, EventGuard, Rejected, publish_event, raw_records
 from shared.clickhouse import ClickHouse, ClickHouseUnavailable, open_clickhouse
 from shared.grpc_server import Registration
 from shared.service import ServiceRuntime
@@ -56,6 +62,22 @@ log = logging.getLogger(__name__)
 
 ROWS_WRITTEN = Counter("llmops_monitor_rows_written_total", "Rows inserted into ClickHouse.", ["table"])
 ALERTS_PUBLISHED = Counter("llmops_monitor_quality_alerts_total", "QualityAlerts published.", ["signal"])
+
+
+class _NoIdempotency:
+    """An IdempotencyStore that remembers nothing, for consumers whose sink deduplicates itself."""
+
+    async def seen(self, key: str) -> bool:
+        return False
+
+    async def mark(self, key: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+_NO_IDEMPOTENCY = _NoIdempotency()
 
 
 def thresholds(settings: MonitorSettings) -> Thresholds:
@@ -182,62 +204,64 @@ def create_app(
         await publish_breaches(event.meta.tenant_id for _, event in decoded)
         return []
 
-    batch = settings.max_batch_records
-    subscriptions: list[tuple[str, type[Message], Callable[[Decoded[Any]], Any], str]] = [
-        (QUERY_ANSWERED.name, QueryAnswered, on_answered, "monitor:answered"),
-        (QUERY_FAILED.name, QueryFailed, on_failed, "monitor:failed"),
-        (
-            FEEDBACK_RECORDED.name,
-            FeedbackRecorded,
-            inserter("feedback", lambda e, at: domain.feedback_row(e, redaction=policy, received_at=at)),
-            "monitor:feedback",
-        ),
-        (
-            DOCUMENT_INDEXED.name,
-            DocumentIndexed,
-            inserter("ingest_events", lambda e, at: domain.ingest_row(e, received_at=at)),
-            "monitor:ingest-indexed",
-        ),
-        (
-            DOCUMENT_DELETED.name,
-            DocumentDeleted,
-            inserter("ingest_events", lambda e, at: domain.ingest_row(e, received_at=at)),
-            "monitor:ingest-deleted",
-        ),
-        (
-            INGEST_FAILED.name,
-            DocumentIngestFailed,
-            inserter("ingest_events", lambda e, at: domain.ingest_row(e, received_at=at)),
-            "monitor:ingest-failed",
-        ),
-        (
-            TELEMETRY_SPANS.name,
+    # The EventGuard rules (dead-lettering, redelivery on transient errors) without the per-event
+    # idempotency store: the ClickHouse sinks are idempotent by themselves (module docstring).
+    sink_guard = EventGuard(
+        service=settings.service_name,
+        group_id=settings.group_id,
+        dead_letter_topic=settings.kafka.dead_letter_topic,
+        store=_NO_IDEMPOTENCY,
+    )
+    sink_guard.broker = broker
+
+    feedback = inserter("feedback", lambda e, at: domain.feedback_row(e, redaction=policy, received_at=at))
+    ingest = inserter("ingest_events", lambda e, at: domain.ingest_row(e, received_at=at))
+    finetune = inserter("finetune_events", lambda e, at: domain.finetune_row(e, received_at=at))
+    routes: dict[str, tuple[type[Message], Callable[[Decoded[Any]], Any], EventGuard]] = {
+        QUERY_ANSWERED.name: (QueryAnswered, on_answered, sink_guard),
+        QUERY_FAILED.name: (QueryFailed, on_failed, sink_guard),
+        FEEDBACK_RECORDED.name: (FeedbackRecorded, feedback, sink_guard),
+        DOCUMENT_INDEXED.name: (DocumentIndexed, ingest, sink_guard),
+        DOCUMENT_DELETED.name: (DocumentDeleted, ingest, sink_guard),
+        INGEST_FAILED.name: (DocumentIngestFailed, ingest, sink_guard),
+        TELEMETRY_SPANS.name: (
             TelemetrySpan,
             inserter("spans", lambda e, at: domain.span_row(e, received_at=at)),
-            "monitor:spans",
+            sink_guard,
         ),
-        (
-            FINETUNE_JOBS.name,
-            FineTuneJobUpdated,
-            inserter("finetune_events", lambda e, at: domain.finetune_row(e, received_at=at)),
-            "monitor:finetune-jobs",
-        ),
-        (
-            MODEL_PROMOTED.name,
-            ModelVersionPromoted,
-            inserter("finetune_events", lambda e, at: domain.finetune_row(e, received_at=at)),
-            "monitor:model-promoted",
-        ),
-        (
-            MODEL_ROLLED_BACK.name,
-            ModelVersionRolledBack,
-            inserter("finetune_events", lambda e, at: domain.finetune_row(e, received_at=at)),
-            "monitor:model-rolled-back",
-        ),
-        (QUERY_EMBEDDED.name, QueryEmbedded, on_embedded, "monitor:query-embedded"),
-    ]
-    for topic, message_type, handle, title in subscriptions:
-        runtime.consume_batches(topic, message_type, handle, max_records=batch, title=title)
+        FINETUNE_JOBS.name: (FineTuneJobUpdated, finetune, sink_guard),
+        MODEL_PROMOTED.name: (ModelVersionPromoted, finetune, sink_guard),
+        MODEL_ROLLED_BACK.name: (ModelVersionRolledBack, finetune, sink_guard),
+        # Embeddings only feed the drift window in memory: a replayed one must not count twice.
+        QUERY_EMBEDDED.name: (QueryEmbedded, on_embedded, runtime.guard),
+    }
+    # One consumer for every topic (ServiceRuntime.consume_batches, with the monitor's fetch sizes): one
+    # member in the group, so a start is one join, not a rebalance per topic. A batch holds records of
+    # several topics; each topic's records go through its guard and handler in turn, and a transient
+    # failure leaves the whole batch uncommitted (redelivered; the sinks absorb what was already stored).
+    subscriber = broker.subscriber(
+        *routes,
+        group_id=settings.group_id,
+        batch=True,
+        max_records=settings.max_batch_records,
+        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        fetch_max_bytes=settings.fetch_max_bytes,
+        fetch_min_bytes=settings.fetch_min_bytes,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        ack_policy=AckPolicy.NACK_ON_ERROR,  # commit after the batch, never past unprocessed work
+        decoder=raw_records,
+        auto_offset_reset="earliest",
+        title="monitor:telemetry",
+    )
+
+    @subscriber
+    async def on_batch(records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
+        by_topic: dict[str, list[ConsumerRecord[Any, Any]]] = {}
+        for record in records:
+            by_topic.setdefault(record.topic, []).append(record)
+        for topic, topic_records in by_topic.items():
+            message_type, handle, guard = routes[topic]
+            await guard.process_batch(topic_records, message_type, handle)
 
     def registrations() -> Iterable[Registration]:
         return [

@@ -10,7 +10,7 @@ the highest `version` wins: an answer outranks a failure, then the later event.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -42,12 +42,19 @@ _STATUS_RANK = {FAILED: 1, ANSWERED: 2}
 _MS_PER_RANK = 10**14  # > any epoch millisecond until the year 5138
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_NANOS = 999_999_999
+
+
 def occurred_at(meta: EventMeta, received_at: datetime) -> datetime:
     """The event's time in UTC; the receipt time when the producer left it unset."""
     ts: Timestamp = meta.occurred_at
-    if ts.seconds == 0 and ts.nanos == 0:
+    seconds, nanos = ts.seconds, ts.nanos
+    if seconds == 0 and nanos == 0:
         return received_at.astimezone(UTC)
-    return ts.ToDatetime(tzinfo=UTC)
+    if 0 <= nanos <= _MAX_NANOS:  # Timestamp.ToDatetime(tzinfo=UTC) without its Python-level checks
+        return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+    return ts.ToDatetime(tzinfo=UTC)  # raises on an invalid timestamp
 
 
 def epoch_ms(moment: datetime) -> int:
@@ -79,19 +86,21 @@ def answered_row(
     redaction: RedactionPolicy,
     received_at: datetime,
 ) -> Row:
-    tenant = event.meta.tenant_id
-    moment = occurred_at(event.meta, received_at)
+    meta = event.meta
+    tenant = meta.tenant_id
+    moment = occurred_at(meta, received_at)
     stages = stage_ms(event.timings)
+    mode = redaction.mode(tenant)
     return {
-        "correlation_id": event.meta.correlation_id,
-        "event_id": event.meta.event_id,
+        "correlation_id": meta.correlation_id,
+        "event_id": meta.event_id,
         "tenant_id": tenant,
         "occurred_at": moment,
         "version": row_version(ANSWERED, moment),
         "status": ANSWERED,
-        "question": redaction.apply(tenant, event.question),
-        "answer": redaction.apply(tenant, event.answer),
-        "redaction": redaction.mode(tenant),
+        "question": event.question if mode == "store" else redaction.apply(tenant, event.question),
+        "answer": event.answer if mode == "store" else redaction.apply(tenant, event.answer),
+        "redaction": mode,
         "model_name": event.model_name,
         "model_version": event.model_version,
         "prompt_template_id": event.prompt_template_id,

@@ -22,46 +22,16 @@ centroid of the tenant's first `drift_reference_size` query embeddings and the c
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
-import re
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
-_STOP_WORDS_TEXT = """
-a about above after again against all also am an and any are as at be because been before being
-below between both but by can could did do does doing down during each few for from further had has
-have having he her here hers herself him himself his how i if in into is it its itself just me more
-most my myself no nor not now of off on once only or other our ours ourselves out over own same she
-should so some such than that the their theirs them themselves then there these they this those
-through to too under until up very was we were what when where which while who whom why will with
-would you your yours yourself yourselves yes ok okay sure
-"""
-STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
-_CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-_TOKEN = re.compile(r"[^\W_]+")
-_SPACE_BEFORE_PUNCTUATION = re.compile(r"[ \t]+([.!?,;:])")
-
-
-@lru_cache(maxsize=65536)
-def _normalise(token: str) -> str:
-    if len(token) > 4 and token.endswith("ies"):
-        return token[:-3] + "y"
-    if len(token) > 3 and token.endswith("s") and not token.endswith("ss"):
-        return token[:-1]
-    return token
-
-
-def content_words(text: str) -> frozenset[str]:
-    """Distinct normalised content words of `text` (stop words and one-letter tokens dropped)."""
-    return frozenset(
-        _normalise(token)
-        for token in _TOKEN.findall(text.lower())
-        if token not in STOP_WORDS and (len(token) > 1 or token.isdigit())
-    )
+from shared.text import content_word_set, content_words, sentences
 
 
 @lru_cache(maxsize=8192)
@@ -70,10 +40,13 @@ def _context_words(text: str) -> frozenset[str]:
     return content_words(text)
 
 
-def sentences(answer: str) -> list[str]:
-    """The answer's sentences, citation markers removed."""
-    cleaned = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", _CITATION.sub("", answer))
-    return [s.strip() for s in _SENTENCE_END.split(cleaned) if s.strip()]
+@lru_cache(maxsize=4096)
+def _vocabulary(context: tuple[str, ...]) -> frozenset[str]:
+    """The union of the chunks' content words, cached: a retrieval result comes back for a repeated
+    question, and an answer with one chunk needs no union."""
+    if len(context) == 1:
+        return _context_words(context[0])
+    return frozenset().union(*map(_context_words, context))
 
 
 @dataclass(frozen=True)
@@ -87,12 +60,10 @@ def judge_groundedness(
     answer: str, context: Iterable[str], *, support_threshold: float = 0.6
 ) -> Groundedness:
     """Supported and judged sentences of `answer` against the context texts (rule: module docstring)."""
-    vocabulary: set[str] = set()
-    for text in context:
-        vocabulary |= _context_words(text)
+    vocabulary = _vocabulary(tuple(context))
     judged = supported = 0
     for sentence in sentences(answer):
-        words = content_words(sentence)
+        words = content_word_set(sentence)
         if not words:
             continue
         judged += 1
@@ -177,11 +148,75 @@ class _EmbeddingState:
     window_sum: list[float] = field(default_factory=list)
 
 
+_SCALE_BITS = 1100  # every finite double is a multiple of 2**-1074: times 2**1100 it is an exact int
+
+
+def _scaled(value: float) -> int:
+    """`value` * 2**_SCALE_BITS exactly (a finite value)."""
+    numerator, denominator = value.as_integer_ratio()
+    return numerator << (_SCALE_BITS - denominator.bit_length() + 1)
+
+
+@dataclass
+class _Counts:
+    """Sums over a set of samples; groundedness summed exactly (scaled ints), so adding and removing
+    samples leaves no rounding behind and the mean is the exact mean rounded once."""
+
+    samples: int = 0
+    failed: int = 0
+    answered: int = 0
+    empty: int = 0
+    scored: int = 0
+    grounded_sum: int = 0
+    nan: int = 0
+    pos_inf: int = 0
+    neg_inf: int = 0
+
+    def add(self, sample: Sample, sign: int = 1) -> None:
+        self.samples += sign
+        if sample.failed:
+            self.failed += sign
+            return
+        self.answered += sign
+        self.empty += sign * sample.empty_retrieval
+        g = sample.groundedness
+        if g is None:
+            return
+        self.scored += sign
+        if math.isfinite(g):
+            self.grounded_sum += sign * _scaled(g)
+        elif math.isnan(g):
+            self.nan += sign
+        elif g > 0:
+            self.pos_inf += sign
+        else:
+            self.neg_inf += sign
+
+    def groundedness_mean(self) -> float:
+        if self.nan or (self.pos_inf and self.neg_inf):
+            return math.nan
+        if self.pos_inf or self.neg_inf:
+            return math.inf if self.pos_inf else -math.inf
+        return self.grounded_sum / (self.scored << _SCALE_BITS)
+
+
 @dataclass
 class _TenantState:
-    samples: deque[Sample] = field(default_factory=deque)
+    # The request window, kept incrementally (a batch judges it in time proportional to what entered
+    # and left it, not to its size): `current` holds the samples counted in `counts` (at <= `watermark`,
+    # the last `now` judged) as a min-heap by time, so the oldest leave first whatever order they came
+    # in; `future` holds the samples newer than the watermark, counted once `now` reaches them.
+    current: list[tuple[float, int, Sample]] = field(default_factory=list)
+    future: list[tuple[float, int, Sample]] = field(default_factory=list)
+    counts: _Counts = field(default_factory=_Counts)
+    watermark: float = -math.inf
     embeddings: _EmbeddingState = field(default_factory=_EmbeddingState)
     last_alert: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def samples(self) -> list[Sample]:
+        """The samples kept (not yet older than a window judged), oldest first."""
+        return [s for _, _, s in sorted(self.current + self.future)]
 
 
 class QualityMonitor:
@@ -190,12 +225,19 @@ class QualityMonitor:
     def __init__(self, thresholds: Thresholds) -> None:
         self.thresholds = thresholds
         self._tenants: dict[str, _TenantState] = {}
+        self._seq = itertools.count()  # ties in the heaps never compare Samples
 
     def _state(self, tenant: str) -> _TenantState:
         return self._tenants.setdefault(tenant, _TenantState())
 
     def observe(self, tenant: str, sample: Sample) -> None:
-        self._state(tenant).samples.append(sample)
+        state = self._state(tenant)
+        entry = (sample.at, next(self._seq), sample)
+        if sample.at <= state.watermark:
+            heapq.heappush(state.current, entry)
+            state.counts.add(sample)
+        else:
+            heapq.heappush(state.future, entry)
 
     def observe_embedding(self, tenant: str, vector: Sequence[float], at: float) -> None:
         """A query embedding: the first `drift_reference_size` form the reference, later ones the window."""
@@ -217,10 +259,23 @@ class QualityMonitor:
         emb.window.append((at, tuple(vector)))
         emb.window_sum = [s + v for s, v in zip(emb.window_sum, vector, strict=True)]
 
+    def _advance(self, state: _TenantState, now: float, since: float) -> None:
+        """Count the samples with since <= at <= now: those older than `since` are dropped for good
+        (a late old one too), newer than `now` wait in `future`."""
+        if now < state.watermark:  # judged at an earlier time than before: count again from scratch
+            state.future += state.current
+            heapq.heapify(state.future)
+            state.current, state.counts = [], _Counts()
+        state.watermark = now
+        while state.future and state.future[0][0] <= now:
+            entry = heapq.heappop(state.future)
+            if entry[0] >= since:
+                heapq.heappush(state.current, entry)
+                state.counts.add(entry[2])
+        while state.current and state.current[0][0] < since:
+            state.counts.add(heapq.heappop(state.current)[2], -1)
+
     def _prune(self, state: _TenantState, since: float) -> None:
-        # Samples arrive roughly in event-time order; prune by filtering (a late old one is dropped too).
-        if any(s.at < since for s in state.samples):
-            state.samples = deque(s for s in state.samples if s.at >= since)
         emb = state.embeddings
         while emb.window and emb.window[0][0] < since:
             _, old = emb.window.popleft()
@@ -230,20 +285,16 @@ class QualityMonitor:
         """(value, samples) of each signal that has enough samples in the window ending at `now`."""
         t = self.thresholds
         state = self._state(tenant)
+        self._advance(state, now, now - t.window_s)
         self._prune(state, now - t.window_s)
-        window = [s for s in state.samples if s.at <= now]
+        counts = state.counts
         result: dict[Signal, tuple[float, int]] = {}
-        if len(window) >= t.min_samples:
-            result["error_rate"] = (sum(s.failed for s in window) / len(window), len(window))
-        answered = [s for s in window if not s.failed]
-        if len(answered) >= t.min_samples:
-            result["empty_retrieval_rate"] = (
-                sum(s.empty_retrieval for s in answered) / len(answered),
-                len(answered),
-            )
-        scored = [s.groundedness for s in answered if s.groundedness is not None]
-        if len(scored) >= t.min_samples:
-            result["groundedness"] = (sum(scored) / len(scored), len(scored))
+        if counts.samples >= t.min_samples:
+            result["error_rate"] = (counts.failed / counts.samples, counts.samples)
+        if counts.answered >= t.min_samples:
+            result["empty_retrieval_rate"] = (counts.empty / counts.answered, counts.answered)
+        if counts.scored >= t.min_samples:
+            result["groundedness"] = (counts.groundedness_mean(), counts.scored)
         emb = state.embeddings
         if emb.reference_count >= t.drift_reference_size and len(emb.window) >= t.min_samples:
             result["embedding_drift"] = (cosine_distance(emb.reference_sum, emb.window_sum), len(emb.window))

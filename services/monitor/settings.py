@@ -38,7 +38,28 @@ class MonitorSettings(ServiceSettings):
     spans_ttl_days: int = Field(default=7, description="Days telemetry spans and ingest events are kept.")
     rollup_ttl_days: int = Field(default=365, description="Days the per-minute rollups are kept.")
     max_batch_records: int = Field(
-        default=500, description="Kafka records consumed and inserted together (one INSERT per table)."
+        default=5000,
+        description="Most Kafka records consumed and inserted together (one INSERT per table); a batch "
+        "holds what the consumer has fetched, so a quiet topic still gives small batches at once.",
+    )
+    max_partition_fetch_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        description="Most bytes one fetch returns per partition (Kafka's max.partition.fetch.bytes): "
+        "large enough that a backlog fills a batch of max_batch_records.",
+    )
+    fetch_min_bytes: int = Field(
+        default=256 * 1024,
+        description="Bytes a fetch waits for at the broker, up to fetch_max_wait_ms (Kafka's "
+        "fetch.min.bytes): light traffic is inserted in a few batches a second rather than one per event "
+        "(each INSERT costs the engine a part and merges; the query path shares the CPUs).",
+    )
+    fetch_max_wait_ms: int = Field(
+        default=500,
+        description="Longest a fetch waits at the broker for fetch_min_bytes (Kafka's fetch.max.wait.ms): "
+        "the most light traffic waits before it is fetched.",
+    )
+    fetch_max_bytes: int = Field(
+        default=64 * 1024 * 1024, description="Most bytes one fetch returns in all (Kafka's fetch.max.bytes)."
     )
     reconnect_interval_s: float = Field(
         default=2.0, description="Least seconds between attempts to reconnect to an unavailable ClickHouse."

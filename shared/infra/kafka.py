@@ -159,7 +159,10 @@ class KafkaCluster:
         path = self.state_dir / "kafka" / "cluster.id"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
+            cluster_id = "-"
+            while cluster_id.startswith("-"):  # StorageTool reads a leading "-" as an option
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            path.write_text(cluster_id)
         return path.read_text().strip()
 
     def start(self, create_topics: bool = True) -> None:

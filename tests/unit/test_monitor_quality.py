@@ -149,3 +149,23 @@ def test_cosine_distance() -> None:
     assert cosine_distance([1, 0], [1, 0]) == pytest.approx(0.0)
     assert cosine_distance([1, 0], [0, 1]) == pytest.approx(1.0)
     assert cosine_distance([0, 0], [0, 1]) == 1.0
+
+
+def test_window_counts_late_and_future_samples_and_judges_an_earlier_time_again() -> None:
+    monitor = QualityMonitor(thresholds(window_s=10, min_samples=1))
+    for at, g in [(105, 1.0), (100, 0.0), (120, 0.5), (101, 0.5)]:  # out of order; 120 is in the future
+        monitor.observe("t", Sample(at=at, failed=False, groundedness=g))
+    assert monitor.signals("t", now=106)["groundedness"] == pytest.approx((0.5, 3))
+    monitor.observe("t", Sample(at=104, failed=True))  # late, inside the window judged
+    assert monitor.signals("t", now=106)["error_rate"] == pytest.approx((0.25, 4))
+    assert monitor.signals("t", now=103)["groundedness"] == pytest.approx((0.25, 2))  # earlier: 100, 101
+    assert monitor.signals("t", now=121)["groundedness"] == pytest.approx((0.5, 1))  # only 120 is left
+    assert monitor.signals("t", now=106) == {}  # what left the window is gone for good
+
+
+def test_window_mean_is_exact() -> None:
+    monitor = QualityMonitor(thresholds(window_s=1000, min_samples=1))
+    for i, g in enumerate([1 / 3, 2 / 3, 0.1, 0.9, 0.5, 0.5] * 50):
+        monitor.observe("t", Sample(at=100 + i / 100, failed=False, groundedness=g))
+    assert monitor.signals("t", now=200)["groundedness"] == (0.5, 300)
+    assert monitor.evaluate("t", now=200) == []  # 0.5 is not below the 0.5 threshold

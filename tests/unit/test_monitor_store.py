@@ -20,7 +20,7 @@ from llmops.query.v1.query_pb2 import FailureReason, RetrievedChunk, StageTiming
 from services.monitor import domain
 from services.monitor.redaction import RedactionPolicy
 from services.monitor.store import MonitorStore, Retention, StoreRunner, Window
-from shared.clickhouse import ChdbClickHouse, ClickHouse, ClickHouseUnavailable
+from shared.clickhouse import ChdbClickHouse, ClickHouse, ClickHouseUnavailable, bind_parameters
 from shared.events import new_meta
 
 NOW = datetime.now(UTC)
@@ -269,3 +269,26 @@ async def test_runner_reports_unavailable_then_reconnects(store: MonitorStore) -
     assert len(await runner.run(lambda s: s.insert_requests([row]))) == 1
     assert len(await runner.run(lambda s: s.list_requests(window("outage")))) == 1
     await runner.close()
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["plain", "quote ' back \\ tick ` tab \t newline \n", ["a'b", "c\\d", "é"], [], ["x", 1], 7, None],
+)
+def test_bind_parameters_write_what_clickhouse_connect_writes(value: Any) -> None:
+    from clickhouse_connect.driver.binding import format_bind_value
+
+    assert bind_parameters({"p": value}) == {"p": str(format_bind_value(value))}
+
+
+def test_columnar_insert_keeps_times_nulls_maps_and_arrays(store: MonitorStore) -> None:
+    moment = datetime(2026, 11, 27, 3, 4, 5, 678_999, tzinfo=UTC)
+    row = answered_row("columnar", groundedness=None, at=moment)
+    assert len(store.insert_requests([row])) == 1
+    [record] = store.db.query(
+        "SELECT toUnixTimestamp64Milli(occurred_at), groundedness, stage_ms, chunk_ids, question "
+        "FROM requests FINAL WHERE tenant_id = {t:String}",
+        {"t": "columnar"},
+    )
+    assert record == (domain.epoch_ms(moment), None, {"embed": 5.0, "generate": 100.0}, ["c0", "c1"], "q?")
+    assert domain.epoch_ms(moment) % 1000 == 678  # milliseconds truncated, as before
