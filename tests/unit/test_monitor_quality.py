@@ -8,12 +8,11 @@ from services.monitor.quality import (
     QualityMonitor,
     Sample,
     Thresholds,
-    content_words,
     cosine_distance,
     groundedness,
     judge_groundedness,
-    sentences,
 )
+from shared.text import content_words, sentences
 
 CONTEXT = [
     "Kafka stores every topic as partitions of an ordered log. Consumers track offsets.",
