@@ -201,7 +201,7 @@ MODEL_PROMOTED = Topic(
     1,
     365 * DAY_MS,
     ("finetune",),
-    ("monitor",),
+    ("generator", "monitor"),
     "A model version starts serving (canary share or full).",
 )
 MODEL_ROLLED_BACK = Topic(
@@ -211,7 +211,7 @@ MODEL_ROLLED_BACK = Topic(
     1,
     365 * DAY_MS,
     ("finetune",),
-    ("monitor",),
+    ("generator", "monitor"),
     "A model version stops serving.",
 )
 DEAD_LETTER = Topic(

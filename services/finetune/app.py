@@ -6,15 +6,24 @@ with the monitor's function on arrival). The scheduler (`services.finetune.sched
 trigger policies every tick, curates dataset versions, runs jobs through the runner (a local training
 subprocess by default) and publishes FineTuneJobUpdated on llmops.finetune.jobs.v1. Events of tenants
 this deployment does not serve are skipped (counted). gRPC: llmops.finetune.v1.FineTuneService.
+
+With promotion enabled (`services.finetune.promotion`), the service writes version 1 of the serving
+model (the base) into Triton's writable repository at start and loads it; a job the gate passes becomes
+the next version, loaded through Triton's model-control API and announced with ModelVersionPromoted
+(canary share first); the canary watch compares it with stable from the monitor's ops API and
+publishes ModelVersionRolledBack or widens it to the full rollout.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from faststream import FastStream
+from google.protobuf.message import Message
 from llmops.feedback.v1.events_pb2 import FeedbackRecorded
 from llmops.finetune.v1 import finetune_service_pb2 as pb
 from llmops.finetune.v1 import finetune_service_pb2_grpc as pb_grpc
@@ -26,6 +35,7 @@ from prometheus_client import Counter
 from services.finetune.api import FineTuneServicer
 from services.finetune.curation import Answered, Embed, Feedback
 from services.finetune.pii import scrub
+from services.finetune.promotion import ModelRepository, MonitorClient, Promoter, TritonModelControl
 from services.finetune.runner import LocalProcessRunner
 from services.finetune.scheduler import Scheduler
 from services.finetune.settings import FinetuneSettings
@@ -36,7 +46,14 @@ from shared.bus import Decoded, Rejected, publish_event
 from shared.errors import PermanentError
 from shared.grpc_server import Registration
 from shared.service import ServiceRuntime
-from shared.topics import FEEDBACK_RECORDED, FINETUNE_JOBS, QUALITY_ALERTS, QUERY_ANSWERED
+from shared.topics import (
+    FEEDBACK_RECORDED,
+    FINETUNE_JOBS,
+    MODEL_PROMOTED,
+    MODEL_ROLLED_BACK,
+    QUALITY_ALERTS,
+    QUERY_ANSWERED,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +109,38 @@ def create_app(settings: FinetuneSettings | None = None) -> FastStream:
     async def publish(event: FineTuneJobUpdated) -> None:
         await publish_event(broker, FINETUNE_JOBS.name, event, key=event.job_id)
 
+    async def publish_model_event(topic: str, event: Message, key: str) -> None:
+        await publish_event(broker, topic, event, key=key)
+
+    promoter = (
+        Promoter(
+            store,
+            ModelRepository(settings.model_repository, settings.serving_model),
+            TritonModelControl(settings.triton.grpc_url, load_timeout_s=settings.model_load_timeout_s),
+            MonitorClient(settings.monitor_grpc_url),
+            publish_model_event,
+            models_dir=settings.models_dir,
+            canary_share=settings.canary_share,
+            policy=settings.canary_policy(),
+            producer=settings.service_name,
+            promoted_topic=MODEL_PROMOTED.name,
+            rolled_back_topic=MODEL_ROLLED_BACK.name,
+            retire_grace_s=settings.retire_grace_s,
+            threads=settings.train_threads,
+        )
+        if settings.promotion_enabled
+        else None
+    )
     scheduler = Scheduler(
         settings,
         store,
         LocalProcessRunner(settings.jobs_dir, timeout_s=settings.job_timeout_s),
         publish,
         embed_factory=lambda: embed_factory(settings),
+        on_succeeded=promoter.on_succeeded if promoter else None,
+        adapter_of=promoter.current_adapter if promoter else None,
     )
+    promotion_tasks: list[asyncio.Task[None]] = []
 
     def served(kind: str, tenant_id: str) -> bool:
         try:
@@ -157,10 +199,19 @@ def create_app(settings: FinetuneSettings | None = None) -> FastStream:
             yield
         finally:
             await scheduler.stop()
+            for task in promotion_tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if promoter is not None:
+                await promoter.close()
             store.close()
 
     async def start_scheduler() -> None:
         await scheduler.start()
+        if promoter is not None:  # Triton may still be starting: bootstrap retries in the background
+            promotion_tasks.append(asyncio.create_task(promoter.bootstrap()))
+            promotion_tasks.append(asyncio.create_task(promoter.watch(settings.canary_check_interval_s)))
 
     def registrations() -> Iterable[Registration]:
         return [

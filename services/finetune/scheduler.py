@@ -9,8 +9,9 @@ the trainer started, then SUCCEEDED with the training and evaluation metrics and
 FAILED with the reason. Jobs left SCHEDULED by a previous process are queued again at start; jobs it
 left RUNNING are failed ("interrupted"), since their trainer died with it.
 
-Phase 2 hooks: `on_succeeded` receives each succeeded job with the gate's decision (the promotion step:
-Triton model version, routing canary, rollback) and `current_adapter` says which adapter is serving.
+Promotion hooks (`services.finetune.promotion.Promoter`): `on_succeeded` receives each succeeded job
+with the gate's decision (Triton model version, routing canary, rollback) and `adapter_of` says which
+adapter serves stable now (what the next candidate is compared with).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Scheduler:
         *,
         embed_factory: Callable[[], Embed | None],
         on_succeeded: Callable[[JobRecord, RunResult], Awaitable[None]] | None = None,
+        adapter_of: Callable[[str], str] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -89,6 +91,7 @@ class Scheduler:
         self.publish = publish
         self.embed_factory = embed_factory
         self.on_succeeded = on_succeeded
+        self.adapter_of = adapter_of
         self.policy = settings.curation_policy()
         self.triggers = settings.trigger_policies()
         self.queue: asyncio.Queue[str] = asyncio.Queue()
@@ -276,8 +279,8 @@ class Scheduler:
     # --- execution ----------------------------------------------------------------------------------
 
     def current_adapter(self, tenant_id: str) -> str:
-        """The adapter serving the tenant now ("" = the base model). Phase 2's promotion sets it."""
-        return ""
+        """The adapter serving the tenant now ("" = the base model), as the promoter knows it."""
+        return self.adapter_of(tenant_id) if self.adapter_of is not None else ""
 
     def spec_for(self, job: JobRecord) -> JobSpec:
         params = {k: v for k, v in job.parameters.items() if k != "trigger_detail"}
@@ -322,4 +325,9 @@ class Scheduler:
             extra={"job_id": job.job_id, "state": JobState.Name(job.state), "error": job.error},
         )
         if result.succeeded and self.on_succeeded is not None:
-            await self.on_succeeded(job, result)
+            try:
+                await self.on_succeeded(job, result)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the job stays SUCCEEDED; the promotion step logs and counts its failure
+                log.exception("promotion of a succeeded job failed", extra={"job_id": job.job_id})

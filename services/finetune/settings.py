@@ -8,12 +8,13 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.finetune.canary import CanaryPolicy
 from services.finetune.curation import CurationPolicy
 from services.finetune.evaluation import GateConfig
 from services.finetune.jobs import TrainingParams
 from services.finetune.triggers import NewExamplesPolicy, QualityAlertPolicy, SchedulePolicy, TriggerPolicies
 from shared.infra.paths import cache_dir, default_state_dir
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, TritonSettings
 from shared.tenants import TenantSettings
 
 
@@ -112,6 +113,62 @@ class FinetuneSettings(ServiceSettings):
         default=3.0, description="Candidate ms/token may be at most this multiple of current's."
     )
 
+    # --- promotion and rollback
+    promotion_enabled: bool = Field(
+        default=True,
+        description="Promote jobs the gate passed and watch their canary (false: jobs end at the gate).",
+    )
+    model_repository: Path = Field(
+        default_factory=lambda: default_state_dir() / "triton-models",
+        description="Triton's WRITABLE model repository (not in git) where promoted versions are written.",
+    )
+    serving_model: str = Field(
+        default="tiny_lora_lm",
+        description="Triton model whose numbered versions the loop writes (version 1: the base model).",
+    )
+    triton: TritonSettings = Field(
+        default_factory=TritonSettings, description="Triton whose model-control API loads new versions."
+    )
+    monitor_grpc_url: str = Field(
+        default="127.0.0.1:50055", description="The monitor's ops gRPC API (canary vs stable statistics)."
+    )
+    canary_share: float = Field(
+        default=0.1, description="Traffic share a promoted version gets first, in (0, 1]; 1 skips the canary."
+    )
+    canary_check_interval_s: float = Field(
+        default=30.0, description="How often the canary is compared with stable."
+    )
+    canary_min_requests: int = Field(
+        default=20, description="Requests per version before error rate and groundedness are compared."
+    )
+    canary_min_feedback: int = Field(
+        default=5, description="Feedback events on the canary before feedback is compared (and widening)."
+    )
+    canary_max_down_share_increase: float = Field(
+        default=0.2, description="Rollback when the canary's thumbs-down share exceeds stable's by more."
+    )
+    canary_max_rating_drop: float = Field(
+        default=1.0, description="Rollback when the canary's mean rating is lower than stable's by more."
+    )
+    canary_min_mean_rating: float = Field(
+        default=2.5, description="Rollback below this canary mean rating when stable has no ratings."
+    )
+    canary_max_groundedness_drop: float = Field(
+        default=0.15, description="Rollback when the canary's mean groundedness is lower by more."
+    )
+    canary_max_error_rate_increase: float = Field(
+        default=0.05, description="Rollback when the canary's error rate exceeds stable's by more."
+    )
+    canary_full_rollout_requests: int = Field(
+        default=200, description="Canary requests without a regression before the full rollout."
+    )
+    retire_grace_s: float = Field(
+        default=30.0, description="A rolled-back version stays loaded this long before it is unloaded."
+    )
+    model_load_timeout_s: float = Field(
+        default=180.0, description="How long Triton may take to load a new version."
+    )
+
     @property
     def store_path(self) -> Path:
         return self.data_dir / "store.sqlite3"
@@ -158,6 +215,18 @@ class FinetuneSettings(ServiceSettings):
             max_steps=self.train_max_steps,
             seed=self.train_seed,
             threads=self.train_threads,
+        )
+
+    def canary_policy(self) -> CanaryPolicy:
+        return CanaryPolicy(
+            min_requests=self.canary_min_requests,
+            min_feedback=self.canary_min_feedback,
+            max_down_share_increase=self.canary_max_down_share_increase,
+            max_rating_drop=self.canary_max_rating_drop,
+            min_mean_rating=self.canary_min_mean_rating,
+            max_groundedness_drop=self.canary_max_groundedness_drop,
+            max_error_rate_increase=self.canary_max_error_rate_increase,
+            full_rollout_requests=self.canary_full_rollout_requests,
         )
 
     def gate_config(self) -> GateConfig:

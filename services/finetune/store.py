@@ -48,7 +48,15 @@ CREATE TABLE IF NOT EXISTS datasets (
   train_examples INTEGER NOT NULL, eval_examples INTEGER NOT NULL, sources TEXT NOT NULL,
   uri TEXT NOT NULL, created_ms INTEGER NOT NULL,
   PRIMARY KEY (tenant_id, version));
+CREATE TABLE IF NOT EXISTS model_versions (
+  model_name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, traffic_share REAL NOT NULL,
+  job_id TEXT NOT NULL, tenant_id TEXT NOT NULL, adapter_dir TEXT NOT NULL, reason TEXT NOT NULL,
+  promoted_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+  PRIMARY KEY (model_name, version));
 """
+
+# Serving states of a model version (ModelVersionRecord.state).
+STABLE, CANARY, SUPERSEDED, ROLLED_BACK, FAILED = "stable", "canary", "superseded", "rolled_back", "failed"
 
 
 def now_ms() -> int:
@@ -82,6 +90,22 @@ class DatasetRecord:
     sources: dict[str, int]
     uri: str
     created_ms: int
+
+
+@dataclass
+class ModelVersionRecord:
+    """A numbered version of the serving model in Triton's writable repository, and its rollout."""
+
+    model_name: str
+    version: int
+    state: str  # STABLE, CANARY, SUPERSEDED, ROLLED_BACK or FAILED
+    traffic_share: float
+    job_id: str = ""  # "" for version 1 (the base model)
+    tenant_id: str = ""  # whose curated data trained the adapter
+    adapter_dir: str = ""  # "" for the base model
+    reason: str = ""  # why it was rolled back or failed
+    promoted_ms: int = 0
+    updated_ms: int = 0
 
 
 class FinetuneStore:
@@ -302,4 +326,40 @@ class FinetuneStore:
 
     def dataset(self, tenant_id: str, version: str) -> DatasetRecord | None:
         found = [d for d in self.datasets(tenant_id, limit=100_000) if d.version == version]
+        return found[0] if found else None
+
+    # --- model versions -------------------------------------------------------------------------
+
+    def save_version(self, record: ModelVersionRecord) -> None:
+        record.updated_ms = now_ms()
+        record.promoted_ms = record.promoted_ms or record.updated_ms
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO model_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.model_name,
+                    record.version,
+                    record.state,
+                    record.traffic_share,
+                    record.job_id,
+                    record.tenant_id,
+                    record.adapter_dir,
+                    record.reason,
+                    record.promoted_ms,
+                    record.updated_ms,
+                ),
+            )
+
+    def versions(self, model_name: str, *, states: tuple[str, ...] = ()) -> list[ModelVersionRecord]:
+        """The model's versions, newest first (optionally only those in `states`)."""
+        query, args = "SELECT * FROM model_versions WHERE model_name = ?", [model_name]
+        if states:
+            query += f" AND state IN ({','.join('?' * len(states))})"
+            args.extend(states)
+        with self._tx() as conn:
+            rows = conn.execute(query + " ORDER BY version DESC", args).fetchall()
+        return [ModelVersionRecord(*r) for r in rows]
+
+    def version(self, model_name: str, version: int) -> ModelVersionRecord | None:
+        found = [v for v in self.versions(model_name) if v.version == version]
         return found[0] if found else None

@@ -6,12 +6,22 @@ passages, render the versioned prompt template, stream from Triton (retrying tra
 within the request's deadline), publish GenerationChunk events when the caller asked for a stream,
 then QueryAnswered with the citations the answer uses, token usage, model and template versions and
 timings (queue, first_token, generate). A failure past the deadline answers QueryFailed.
+
+The routing policy follows the fine-tune loop: every replica reads llmops.finetune.model-promoted.v1
+and llmops.finetune.model-rolled-back.v1 from the earliest offset in a consumer group of its own (so
+each rebuilds the same policy after a restart; `RolloutLog` orders the events by time) and applies
+the canary share, full rollout or rollback. Generation waits (up to `rollout_catch_up_timeout_s`)
+until both topics were read to the end offsets seen at start, so a restarted replica never serves
+from a stale policy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,6 +29,9 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 from faststream import FastStream
+from faststream.kafka import KafkaMessage
+from faststream.middlewares import AckPolicy
+from llmops.finetune.v1.events_pb2 import ModelVersionPromoted, ModelVersionRolledBack
 from llmops.query.v1.events_pb2 import ContextRetrieved
 from llmops.query.v1.query_pb2 import FailureReason
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
@@ -26,13 +39,21 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 from services.generator import domain
 from services.generator.llm import TritonLLM
 from services.generator.prompts import TemplateRegistry, approx_token_count, citations_for, pack_context
-from services.generator.routing import RoutingPolicy
+from services.generator.routing import RolloutEvent, RolloutLog, RoutingPolicy
 from services.generator.settings import GeneratorSettings
-from shared.bus import concurrently
+from shared.bus import concurrently, wait_for_assignment
 from shared.errors import PermanentError, is_transient
 from shared.queries import deadline_passed, publish_query_failed, publish_reply
 from shared.service import ServiceRuntime
-from shared.topics import CONTEXT_RETRIEVED, GENERATION_CHUNKS, QUERY_ANSWERED
+from shared.topics import (
+    CONTEXT_RETRIEVED,
+    GENERATION_CHUNKS,
+    MODEL_PROMOTED,
+    MODEL_ROLLED_BACK,
+    QUERY_ANSWERED,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,6 +70,38 @@ def _seconds_left(event: ContextRetrieved, default_s: float) -> float:
     return default_s
 
 
+def rollout_event(record: ConsumerRecord[Any, Any]) -> RolloutEvent:
+    """The routing change a record of the promoted or rolled-back topic announces."""
+    try:
+        if record.topic == MODEL_PROMOTED.name:
+            promoted = ModelVersionPromoted.FromString(record.value)
+            return RolloutEvent(
+                event_id=promoted.meta.event_id or f"{record.topic}/{record.partition}/{record.offset}",
+                at_ms=promoted.meta.occurred_at.ToMilliseconds() or record.timestamp,
+                kind="promoted",
+                model=promoted.model_name,
+                version=promoted.model_version,
+                traffic_share=promoted.traffic_share,
+            )
+        rolled_back = ModelVersionRolledBack.FromString(record.value)
+    except Exception as exc:
+        raise PermanentError(f"undecodable rollout event on {record.topic}: {exc}") from exc
+    return RolloutEvent(
+        event_id=rolled_back.meta.event_id or f"{record.topic}/{record.partition}/{record.offset}",
+        at_ms=rolled_back.meta.occurred_at.ToMilliseconds() or record.timestamp,
+        kind="rolled_back",
+        model=rolled_back.model_name,
+        version=rolled_back.model_version,
+        restored=rolled_back.restored_version,
+    )
+
+
+async def _record(msg: KafkaMessage) -> ConsumerRecord[Any, Any]:
+    """The record itself (the EventGuard's idempotency skip does not apply: replays must be re-read)."""
+    record: ConsumerRecord[Any, Any] = msg.raw_message
+    return record
+
+
 def create_app(settings: GeneratorSettings | None = None) -> FastStream:
     settings = settings or GeneratorSettings()
     runtime = ServiceRuntime(settings)
@@ -57,6 +110,12 @@ def create_app(settings: GeneratorSettings | None = None) -> FastStream:
     clients = Clients(policy=RoutingPolicy.from_json(settings.routing_policy))
     producer = settings.service_name
     extra_sampling = json.loads(settings.sampling_parameters)
+    assert clients.policy is not None
+    rollouts = RolloutLog(clients.policy)
+    rollouts_read: dict[tuple[str, int], int] = {}  # next offset per partition, once applied
+    rollouts_caught_up = asyncio.Event()
+    if not settings.follow_rollouts:
+        rollouts_caught_up.set()
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
@@ -69,6 +128,12 @@ def create_app(settings: GeneratorSettings | None = None) -> FastStream:
     async def generate_one(
         record: ConsumerRecord[Any, Any], event: ContextRetrieved
     ) -> tuple[Any, Any] | None:
+        if not rollouts_caught_up.is_set():
+            try:
+                await asyncio.wait_for(rollouts_caught_up.wait(), settings.rollout_catch_up_timeout_s)
+            except TimeoutError:
+                log.warning("rollout topics not read to their end in time; routing with what was read")
+                rollouts_caught_up.set()
         assert clients.llm is not None and clients.policy is not None
         request = event.request
         received = time.perf_counter()
@@ -178,4 +243,67 @@ def create_app(settings: GeneratorSettings | None = None) -> FastStream:
         max_records=settings.max_batch_records,
         title="generator:generate",
     )
-    return runtime.app(lifespan=lifespan)
+
+    async def on_rollout(record: ConsumerRecord[Any, Any]) -> None:
+        try:
+            event = rollout_event(record)
+        finally:  # read, even when it is dead-lettered as undecodable
+            rollouts_read[(record.topic, record.partition)] = record.offset + 1
+        if rollouts.add(event):
+            clients.policy = rollouts.policy
+            log.info(
+                "routing policy changed",
+                extra={
+                    "event": event.kind,
+                    "model": event.model,
+                    "version": event.version,
+                    "traffic_share": event.traffic_share,
+                    "policy": rollouts.policy.to_json(),
+                },
+            )
+
+    rollout_subscribers: list[Any] = []
+    if settings.follow_rollouts:
+        # A group of its own per replica, from the earliest offset: every replica sees every event.
+        rollout_group = f"{settings.group_id}.rollouts.{uuid.uuid4().hex[:12]}"
+        for topic in (MODEL_PROMOTED, MODEL_ROLLED_BACK):
+            subscriber = broker.subscriber(
+                topic.name,
+                group_id=rollout_group,
+                auto_offset_reset="earliest",
+                ack_policy=AckPolicy.ACK_FIRST,  # the log is re-read from the start by each new group
+                decoder=_record,
+                title=f"generator:rollouts:{topic.name}",
+            )
+            subscriber(on_rollout)
+            rollout_subscribers.append(subscriber)
+
+    async def catch_up_rollouts() -> None:
+        """Wait until the rollout topics were applied up to their end offsets seen now."""
+        if not rollout_subscribers:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.rollout_catch_up_timeout_s
+        try:
+            ends: dict[tuple[str, int], int] = {}
+            for subscriber in rollout_subscribers:
+                await wait_for_assignment(subscriber, timeout_s=settings.rollout_catch_up_timeout_s)
+                consumer = subscriber.consumer
+                offsets = await consumer.end_offsets(list(consumer.assignment()))
+                ends.update({(tp.topic, tp.partition): end for tp, end in offsets.items()})
+            while loop.time() < deadline:
+                if all(rollouts_read.get(tp, 0) >= end for tp, end in ends.items()):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                log.warning("rollout topics not read to their end in time", extra={"ends": str(ends)})
+        except Exception:
+            log.exception("reading the rollout topics failed; routing with the configured policy")
+        finally:
+            rollouts_caught_up.set()
+            log.info(
+                "rollout events applied",
+                extra={"events": len(rollouts), "policy": rollouts.policy.to_json()},
+            )
+
+    return runtime.app(lifespan=lifespan, before_serving=[catch_up_rollouts])

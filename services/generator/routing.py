@@ -15,6 +15,13 @@ with :meth:`RoutingPolicy.with_canary`, :meth:`RoutingPolicy.promote` and
 
 ``version`` may be omitted or "" (Triton's latest/default version); ``pinned`` and ``canary`` may
 be omitted.
+
+Rollout events (`RolloutEvent`: the finetune's ModelVersionPromoted and ModelVersionRolledBack) move the
+policy: `RolloutLog` folds every event seen over the configured policy in event-time order (occurred_at,
+then event id), so every generator replica, and a replica that replays both topics after a restart in
+whatever interleaving, arrives at the same policy. An event only moves the policy when its model is the
+default's model (a promoted version replaces versions of the same model; a generator serving another
+model ignores it), and pins are never changed by events.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 WEIGHT_TOLERANCE = 1e-6
 """How far the canary weights may sum from 1 (floating-point rounding)."""
@@ -193,3 +200,75 @@ def _split(value: Any, where: str) -> Split:
         return Split(target=target, weight=float(weight))
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from exc
+
+
+# --- rollout events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RolloutEvent:
+    """A promotion (``traffic_share`` of unpinned traffic to ``version``; 1 = full rollout) or a
+    rollback (``version`` stops serving; ``restored`` serves again)."""
+
+    event_id: str
+    at_ms: int
+    kind: Literal["promoted", "rolled_back"]
+    model: str
+    version: str
+    traffic_share: float = 1.0
+    restored: str = ""
+
+    @property
+    def target(self) -> ModelTarget:
+        return ModelTarget(self.model, self.version)
+
+
+def apply_rollout(policy: RoutingPolicy, event: RolloutEvent) -> RoutingPolicy:
+    """The policy after one rollout event (unchanged when the event does not concern its default model
+    or would not change anything, e.g. a repeated or out-of-date event)."""
+    if event.model != policy.default.model or not event.version.isdigit():
+        return policy
+    if event.kind == "promoted":
+        return _promoted(policy, event)
+    return _rolled_back(policy, event)
+
+
+def _promoted(policy: RoutingPolicy, event: RolloutEvent) -> RoutingPolicy:
+    if event.traffic_share >= 1.0 - WEIGHT_TOLERANCE:
+        return policy.promote(event.target)
+    if event.target == policy.default or not (0.0 < event.traffic_share < 1.0):
+        return policy
+    return policy.with_canary(event.target, event.traffic_share)
+
+
+def _rolled_back(policy: RoutingPolicy, event: RolloutEvent) -> RoutingPolicy:
+    target = event.target
+    if target != policy.default and target in {split.target for split in policy.canary}:
+        return policy.rollback()
+    if target == policy.default and event.restored.isdigit() and event.restored != event.version:
+        return policy.promote(ModelTarget(event.model, event.restored))  # rolled back after full rollout
+    return policy
+
+
+class RolloutLog:
+    """The configured policy with every rollout event seen applied in event-time order."""
+
+    def __init__(self, base: RoutingPolicy) -> None:
+        self.base = base
+        self._events: dict[str, RolloutEvent] = {}
+        self.policy = base
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def add(self, event: RolloutEvent) -> bool:
+        """Record an event (a repeated event id changes nothing); True when the policy changed."""
+        if event.event_id in self._events:
+            return False
+        self._events[event.event_id] = event
+        before = self.policy
+        policy = self.base
+        for seen in sorted(self._events.values(), key=lambda e: (e.at_ms, e.event_id)):
+            policy = apply_rollout(policy, seen)
+        self.policy = policy
+        return policy != before

@@ -23,6 +23,14 @@ class GeneratorSettings(ServiceSettings):
         default=DEFAULT_ROUTING,
         description="RoutingPolicy as JSON: default model/version, per-tenant pins, weighted canary split.",
     )
+    follow_rollouts: bool = Field(
+        default=True,
+        description="Apply the finetune's ModelVersionPromoted and ModelVersionRolledBack events to routing.",
+    )
+    rollout_catch_up_timeout_s: float = Field(
+        default=15.0,
+        description="At start, how long generation waits for the rollout topics to be read to their end.",
+    )
     default_template: str = Field(
         default="grounded_qa", description="Prompt template when a request names none."
     )

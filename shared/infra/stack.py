@@ -63,6 +63,8 @@ class Stack:
             env["LLMOPS_WEAVIATE_GRPC_PORT"] = str(self.weaviate.grpc_port)
         if "triton" in self.components:
             env["LLMOPS_TRITON_GRPC_URL"] = self.triton.grpc_url
+            # The finetune publishes promoted model versions where this Triton reads them.
+            env["LLMOPS_FINETUNE_MODEL_REPOSITORY"] = str(self.triton.versions_repository)
         return env
 
     def status(self) -> dict[str, str]:

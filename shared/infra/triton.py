@@ -1,7 +1,12 @@
 """Triton Inference Server: the tritonserver binary that PyPI's nvidia-pytriton bundles, on CPU here.
 
-It serves deploy/triton/models (Triton's standard repository layout), so NVIDIA's container can
-serve the same repository on GPUs.
+It serves deploy/triton/models (Triton's standard repository layout, in git), so NVIDIA's container
+can serve the same repository on GPUs, and a second, WRITABLE repository (`<state_dir>/triton-models`,
+not in git) where the fine-tune loop publishes numbered versions of the models it trains (e.g.
+`tiny_lora_lm`). Model names must be unique across both. In explicit model-control mode the models
+named in `models` are loaded at start, and so is every model already in the writable repository
+(a restarted Triton serves the versions promoted before it stopped); the fine-tune service loads new
+versions through the model-control API.
 """
 
 from __future__ import annotations
@@ -18,6 +23,16 @@ from shared.infra.paths import DEPLOY_DIR, REPO_ROOT, cache_dir
 from shared.infra.process import InfraError, ManagedProcess
 
 MODEL_REPOSITORY = DEPLOY_DIR / "triton" / "models"
+WRITABLE_REPOSITORY_NAME = "triton-models"
+
+
+def writable_models(repository: Path) -> list[str]:
+    """Models of a writable repository that are complete enough to load (a config.pbtxt)."""
+    if not repository.is_dir():
+        return []
+    return sorted(
+        p.name for p in repository.iterdir() if not p.name.startswith(".") and (p / "config.pbtxt").is_file()
+    )
 
 
 def _pytriton_dir() -> Path:
@@ -58,6 +73,12 @@ class TritonServer:
     metrics_port: int = 18002
     model_repository: Path = MODEL_REPOSITORY
     models: list[str] = field(default_factory=lambda: ["tiny_llm"])
+    # The writable repository for promoted model versions; None means <state_dir>/triton-models.
+    writable_repository: Path | None = None
+
+    @property
+    def versions_repository(self) -> Path:
+        return self.writable_repository or self.state_dir / WRITABLE_REPOSITORY_NAME
 
     @property
     def grpc_url(self) -> str:
@@ -66,14 +87,17 @@ class TritonServer:
     def process(self) -> ManagedProcess:
         site_packages = sysconfig.get_paths()["purelib"]
         backends = install_dir()
+        writable = self.versions_repository
+        to_load = [*self.models, *(m for m in writable_models(writable) if m not in self.models)]
         return ManagedProcess(
             name="triton",
             command=[
                 str(_pytriton_dir() / "bin" / "tritonserver"),
                 f"--model-repository={self.model_repository}",
+                f"--model-repository={writable}",
                 f"--backend-directory={backends}",
                 "--model-control-mode=explicit",  # the fine-tune scheduler loads versions via the API
-                *[f"--load-model={m}" for m in self.models],
+                *[f"--load-model={m}" for m in to_load],
                 "--http-address=127.0.0.1",
                 f"--http-port={self.http_port}",
                 "--grpc-address=127.0.0.1",
@@ -114,6 +138,7 @@ class TritonServer:
 
     def start(self) -> None:
         install_triton_backends()
+        self.versions_repository.mkdir(parents=True, exist_ok=True)
         if GEMMA_MODEL in self.models:
             prepare_gemma()
         self.process().start()

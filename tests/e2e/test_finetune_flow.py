@@ -68,6 +68,7 @@ def finetune(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
         "LLMOPS_FINETUNE_TICK_INTERVAL_S": "0.5",
         "LLMOPS_FINETUNE_MIN_NEW_EXAMPLES": "5",
         "LLMOPS_FINETUNE_TRAIN_EPOCHS": "4",
+        "LLMOPS_FINETUNE_PROMOTION_ENABLED": "false",  # no Triton here: promotion has its own tests
     }
     with platform_services(["finetune"], env, tmp_path_factory.mktemp("services")) as procs:
         yield procs["finetune"], data

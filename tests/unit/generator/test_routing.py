@@ -8,7 +8,15 @@ import uuid
 
 import pytest
 
-from services.generator.routing import ModelTarget, RoutingPolicy, Split, stable_fraction
+from services.generator.routing import (
+    ModelTarget,
+    RolloutEvent,
+    RolloutLog,
+    RoutingPolicy,
+    Split,
+    apply_rollout,
+    stable_fraction,
+)
 
 STABLE = ModelTarget("gemma", "1")
 CANDIDATE = ModelTarget("gemma", "2")
@@ -214,3 +222,75 @@ def test_model_target_text() -> None:
     assert str(TINY) == "tiny_llm"
     with pytest.raises(ValueError, match="empty model name"):
         ModelTarget(" ")
+
+
+# --- rollout events (the finetune's ModelVersionPromoted / ModelVersionRolledBack) -----------------------
+
+
+def rollout(  # noqa: PLR0917 - a compact way to write event tables
+    event_id: str,
+    at_ms: int,
+    kind: str,
+    version: str,
+    share: float = 1.0,
+    restored: str = "",
+    model: str = "gemma",
+) -> RolloutEvent:
+    return RolloutEvent(event_id, at_ms, kind, model, version, share, restored)  # type: ignore[arg-type]
+
+
+def test_promotion_event_starts_a_canary_then_widens_it() -> None:
+    base = RoutingPolicy(default=STABLE, pinned={"acme": TINY})
+    canary = apply_rollout(base, rollout("e1", 1, "promoted", "2", 0.1))
+    assert canary == base.with_canary(CANDIDATE, 0.1)
+    ids = correlation_ids(2000, seed=11)
+    assert canary_share(canary, ids) == pytest.approx(0.1, abs=0.03)
+    full = apply_rollout(canary, rollout("e2", 2, "promoted", "2", 1.0))
+    assert full.default == CANDIDATE and not full.canary and full.pinned == {"acme": TINY}
+
+
+def test_rollback_event_ends_the_canary_and_pins_stay() -> None:
+    canary = RoutingPolicy(default=STABLE, pinned={"acme": TINY}).with_canary(CANDIDATE, 0.5)
+    back = apply_rollout(canary, rollout("e3", 3, "rolled_back", "2", restored="1"))
+    assert back == RoutingPolicy(default=STABLE, pinned={"acme": TINY})
+    # A rollback after the full rollout restores the previous version as the default.
+    full = RoutingPolicy(default=CANDIDATE)
+    assert apply_rollout(full, rollout("e4", 4, "rolled_back", "2", restored="1")).default == STABLE
+
+
+def test_events_of_another_model_or_out_of_date_change_nothing() -> None:
+    policy = RoutingPolicy(default=STABLE)
+    assert apply_rollout(policy, rollout("e1", 1, "promoted", "2", 0.1, model="tiny_lora_lm")) == policy
+    assert apply_rollout(policy, rollout("e2", 2, "promoted", "1", 0.1)) == policy  # already the default
+    assert apply_rollout(policy, rollout("e3", 3, "rolled_back", "7", restored="1")) == policy
+    assert apply_rollout(policy, rollout("e4", 4, "promoted", "", 0.1)) == policy
+
+
+def test_rollout_log_gives_the_same_policy_in_any_arrival_order() -> None:
+    base = RoutingPolicy(default=STABLE, pinned={"acme": TINY})
+    events = [
+        rollout("a", 10, "promoted", "2", 0.1),
+        rollout("b", 20, "promoted", "2", 1.0),
+        rollout("c", 30, "promoted", "3", 0.2),
+        rollout("d", 40, "rolled_back", "3", restored="2"),
+        rollout("e", 50, "promoted", "4", 0.3),
+    ]
+    expected = RoutingPolicy(default=CANDIDATE, pinned={"acme": TINY}).with_canary(
+        ModelTarget("gemma", "4"), 0.3
+    )
+    rng = random.Random(5)
+    for _ in range(20):
+        shuffled = events[:]
+        rng.shuffle(shuffled)
+        log = RolloutLog(base)
+        for event in shuffled + shuffled[:2]:  # replays repeat events: ignored
+            log.add(event)
+        assert log.policy == expected and len(log) == len(events)
+
+
+def test_rollout_log_reports_changes() -> None:
+    log = RolloutLog(RoutingPolicy(default=STABLE))
+    assert log.add(rollout("a", 1, "promoted", "2", 0.5))
+    assert not log.add(rollout("a", 1, "promoted", "2", 0.5))
+    assert log.add(rollout("b", 2, "rolled_back", "2", restored="1"))
+    assert log.policy == RoutingPolicy(default=STABLE)

@@ -1,0 +1,286 @@
+"""Promotion without servers: atomic version writes, the promoter's canary/rollback/widen steps with a
+fake Triton control, a fake monitor and a recording publisher."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf.message import Message
+from llmops.finetune.v1.events_pb2 import ModelVersionPromoted, ModelVersionRolledBack
+
+from services.finetune import promotion
+from services.finetune.canary import CanaryPolicy, VersionStats
+from services.finetune.promotion import ModelRepository, Promoter
+from services.finetune.runner import RunResult
+from services.finetune.store import CANARY, FAILED, ROLLED_BACK, STABLE, SUPERSEDED, FinetuneStore, JobRecord
+
+MODEL = "tiny_lora_unit"
+
+
+@pytest.fixture
+def base_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "models" / "tiny-gpt2-bytes-test"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"base-weights")
+    (folder / "manifest.json").write_text("{}")
+    return folder
+
+
+@pytest.fixture
+def adapter_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "artifacts" / "ft-1"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"lora")
+    (folder / "metrics.json").write_text("{}")
+    return folder
+
+
+def test_versions_are_written_completely_then_renamed(
+    tmp_path: Path, base_dir: Path, adapter_dir: Path
+) -> None:
+    repo = ModelRepository(tmp_path / "repo", MODEL)
+    assert repo.write_version(base_dir, None, {"job_id": ""}) == 1
+    assert repo.write_version(base_dir, adapter_dir, {"job_id": "ft-1"}) == 2
+    assert repo.versions() == [1, 2]
+    config = (repo.model_dir / "config.pbtxt").read_text()
+    assert f'name: "{MODEL}"' in config and "version_policy: { all { } }" in config
+    v2 = repo.version_dir(2)
+    assert sorted(p.name for p in v2.iterdir()) == ["adapter", "base", "manifest.json", "model.py"]
+    assert (v2 / "adapter" / "adapter_model.safetensors").read_bytes() == b"lora"
+    assert not (v2 / "adapter" / "metrics.json").exists() and not (v2 / "base" / "manifest.json").exists()
+    assert repo.adapter_of(2) == v2 / "adapter" and repo.adapter_of(1) is None
+    assert not list(repo.model_dir.glob(".tmp-*"))
+
+
+def test_a_crash_before_the_rename_leaves_no_version(tmp_path: Path, base_dir: Path) -> None:
+    repo = ModelRepository(tmp_path / "repo", MODEL)
+    repo.write_version(base_dir, None, {})
+
+    def crash(staging: Path) -> None:
+        (staging / "base" / "model.safetensors").write_bytes(b"half")  # as a crash mid-copy leaves it
+        raise SystemExit("crash")
+
+    with pytest.raises(SystemExit):
+        repo.write_version(base_dir, None, {}, before_rename=crash)
+    assert repo.versions() == [1]
+    # A process killed outright leaves its staging folder; Triton ignores it, prepare() removes it.
+    leftover = repo.model_dir / ".tmp-2-killed"
+    (leftover / "base").mkdir(parents=True)
+    assert repo.versions() == [1]
+    assert repo.prepare() == [leftover] and not leftover.exists()
+
+
+def test_version_numbers_are_never_reused(tmp_path: Path, base_dir: Path) -> None:
+    repo = ModelRepository(tmp_path / "repo", MODEL)
+    for _ in range(3):
+        repo.write_version(base_dir, None, {})
+    repo.set_aside(3, "retired")
+    repo.set_aside(2, "failed")
+    assert repo.versions() == [1]
+    assert repo.next_version() == 4
+    assert sorted(p.name for p in repo.model_dir.iterdir() if p.is_dir()) == [".failed-2", ".retired-3", "1"]
+
+
+def test_bad_model_names_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a valid Triton model name"):
+        ModelRepository(tmp_path, "../escape")
+
+
+class FakeControl:
+    def __init__(self, repo: ModelRepository) -> None:
+        self.repo = repo
+        self.loaded: list[list[int]] = []
+        self.fail_versions: set[int] = set()
+
+    async def load(self, model: str) -> None:
+        self.loaded.append(self.repo.versions())
+
+    async def ready(self, model: str, version: int) -> bool:
+        return version in self.repo.versions() and version not in self.fail_versions
+
+    async def smoke(self, model: str, version: int) -> str:
+        return "ok"
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeMonitor:
+    def __init__(self) -> None:
+        self.by_version: dict[str, VersionStats] = {}
+
+    async def stats(
+        self, tenant_id: str, since_ms: int, model: str, versions: list[str]
+    ) -> dict[str, VersionStats]:
+        return {v: self.by_version.get(v, VersionStats()) for v in versions}
+
+
+class Setup:
+    def __init__(self, tmp_path: Path, base_dir: Path, share: float = 0.2) -> None:
+        self.store = FinetuneStore(None)
+        self.repo = ModelRepository(tmp_path / "repo", MODEL)
+        self.control = FakeControl(self.repo)
+        self.monitor = FakeMonitor()
+        self.events: list[tuple[str, Message, str]] = []
+
+        async def publish(topic: str, event: Message, key: str) -> None:
+            self.events.append((topic, event, key))
+
+        self.promoter = Promoter(
+            self.store,
+            self.repo,
+            self.control,
+            self.monitor,
+            publish,
+            models_dir=base_dir.parent,
+            canary_share=share,
+            policy=CanaryPolicy(min_requests=5, min_feedback=3, full_rollout_requests=10),
+            producer="finetune",
+            promoted_topic="promoted",
+            rolled_back_topic="rolled-back",
+            retire_grace_s=0.0,
+        )
+
+
+@pytest.fixture
+def setup(tmp_path: Path, base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Setup:
+    async def cached(models_dir: Path, threads: int) -> Path:
+        return base_dir
+
+    monkeypatch.setattr(promotion, "_ensure_base_model_in_subprocess", cached)
+    return Setup(tmp_path, base_dir)
+
+
+def job(job_id: str = "ft-1") -> JobRecord:
+    return JobRecord(
+        job_id, "t1", 3, 4, "", "base", "d1", metrics={"heldout_candidate_eval_loss": 1.5, "x": 1}
+    )
+
+
+def passed(adapter: Path) -> RunResult:
+    return RunResult(True, artifact_dir=str(adapter), gate={"promote": True, "reasons": []})
+
+
+async def test_bootstrap_writes_version_1_and_loads_it(setup: Setup) -> None:
+    await setup.promoter.bootstrap()
+    assert setup.repo.versions() == [1] and setup.control.loaded == [[1]]
+    assert setup.promoter.stable() is not None and setup.promoter.current_adapter("t1") == ""
+    await setup.promoter.bootstrap()  # a restart: nothing new written
+    assert setup.repo.versions() == [1]
+
+
+async def test_promotion_loads_the_new_version_then_announces_the_canary(
+    setup: Setup, adapter_dir: Path
+) -> None:
+    await setup.promoter.bootstrap()
+    await setup.promoter.on_succeeded(job(), passed(adapter_dir))
+    assert setup.repo.versions() == [1, 2] and setup.control.loaded[-1] == [1, 2]
+    topic, event, key = setup.events[-1]
+    assert topic == "promoted" and key == MODEL and isinstance(event, ModelVersionPromoted)
+    assert (event.model_version, event.previous_version) == ("2", "1")
+    assert event.traffic_share == pytest.approx(0.2)
+    assert event.job_id == "ft-1" and dict(event.eval_metrics) == {"heldout_candidate_eval_loss": 1.5}
+    canary = setup.promoter.canary()
+    assert canary is not None and canary.state == CANARY and canary.version == 2
+    # The stable version's adapter stays "current" while the canary is watched.
+    assert setup.promoter.current_adapter("t1") == ""
+
+
+async def test_gate_refusal_and_an_active_canary_promote_nothing(setup: Setup, adapter_dir: Path) -> None:
+    await setup.promoter.bootstrap()
+    await setup.promoter.on_succeeded(
+        job(), RunResult(True, artifact_dir=str(adapter_dir), gate={"promote": False})
+    )
+    assert setup.repo.versions() == [1] and not setup.events
+    await setup.promoter.on_succeeded(job(), passed(adapter_dir))
+    await setup.promoter.on_succeeded(job("ft-2"), passed(adapter_dir))  # canary v2 still watched
+    assert setup.repo.versions() == [1, 2] and len(setup.events) == 1
+
+
+async def test_a_version_that_does_not_become_ready_is_set_aside_unannounced(
+    setup: Setup, adapter_dir: Path
+) -> None:
+    await setup.promoter.bootstrap()
+    setup.control.fail_versions.add(2)
+    await setup.promoter.on_succeeded(job(), passed(adapter_dir))
+    assert setup.repo.versions() == [1] and setup.control.loaded[-1] == [1]
+    assert not setup.events
+    failed = setup.store.version(MODEL, 2)
+    assert failed is not None and failed.state == FAILED and "not READY" in failed.reason
+    assert setup.repo.next_version() == 3
+
+
+async def test_a_worse_canary_is_rolled_back_and_unloaded(setup: Setup, adapter_dir: Path) -> None:
+    await setup.promoter.bootstrap()
+    await setup.promoter.on_succeeded(job(), passed(adapter_dir))
+    assert (await setup.promoter.watch_once()).action == "wait"  # type: ignore[union-attr]
+    setup.monitor.by_version = {
+        "2": VersionStats(requests=6, feedback=4, down=4),
+        "1": VersionStats(requests=6, feedback=4, down=0),
+    }
+    verdict = await setup.promoter.watch_once()
+    assert verdict is not None and verdict.action == "rollback"
+    topic, event, _ = setup.events[-1]
+    assert topic == "rolled-back" and isinstance(event, ModelVersionRolledBack)
+    assert (event.model_version, event.restored_version) == ("2", "1") and "thumbs-down" in event.reason
+    record = setup.store.version(MODEL, 2)
+    assert record is not None and record.state == ROLLED_BACK
+    assert await setup.promoter.watch_once() is None  # no canary any more
+    for _ in range(100):  # retired after the grace period (0 here)
+        if setup.repo.versions() == [1]:
+            break
+        await asyncio.sleep(0.01)
+    assert setup.repo.versions() == [1] and setup.control.loaded[-1] == [1]
+    await setup.promoter.close()
+
+
+async def test_a_good_canary_is_widened_and_becomes_current(setup: Setup, adapter_dir: Path) -> None:
+    await setup.promoter.bootstrap()
+    await setup.promoter.on_succeeded(job(), passed(adapter_dir))
+    setup.monitor.by_version = {
+        "2": VersionStats(requests=12, scored=12, groundedness=0.9, feedback=3, down=0),
+        "1": VersionStats(requests=40, scored=40, groundedness=0.9, feedback=8, down=1),
+    }
+    verdict = await setup.promoter.watch_once()
+    assert verdict is not None and verdict.action == "widen"
+    _, event, _ = setup.events[-1]
+    assert (
+        isinstance(event, ModelVersionPromoted) and event.traffic_share == 1.0 and event.model_version == "2"
+    )
+    states = {v.version: v.state for v in setup.store.versions(MODEL)}
+    assert states == {1: SUPERSEDED, 2: STABLE}
+    assert setup.promoter.current_adapter("t1") == str(setup.repo.version_dir(2) / "adapter")
+
+
+async def test_a_full_share_promotes_without_a_canary(
+    tmp_path: Path, base_dir: Path, adapter_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def cached(models_dir: Path, threads: int) -> Path:
+        return base_dir
+
+    monkeypatch.setattr(promotion, "_ensure_base_model_in_subprocess", cached)
+    full = Setup(tmp_path, base_dir, share=1.0)
+    await full.promoter.bootstrap()
+    await full.promoter.on_succeeded(job(), passed(adapter_dir))
+    assert full.promoter.canary() is None
+    stable = full.promoter.stable()
+    assert stable is not None and stable.version == 2
+    assert full.promoter.current_adapter("t1") == str(full.repo.version_dir(2) / "adapter")
+
+
+def test_promoter_refuses_a_bad_share(setup: Setup) -> None:
+    kwargs: dict[str, Any] = {
+        "models_dir": Path("."),
+        "canary_share": 0.0,
+        "policy": CanaryPolicy(),
+        "producer": "p",
+        "promoted_topic": "a",
+        "rolled_back_topic": "b",
+    }
+    with pytest.raises(ValueError, match="canary share"):
+        Promoter(setup.store, setup.repo, setup.control, setup.monitor, setup.promoter.publish, **kwargs)
