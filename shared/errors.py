@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from aiokafka.errors import KafkaError, KafkaTimeoutError
+
 
 class PermanentError(Exception):
     """Processing this event can never succeed (bad content, unknown tenant, violated invariant).
@@ -26,5 +28,9 @@ TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (RetryableError, Connect
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True when retrying may succeed: our RetryableError or a connection/timeout failure."""
-    return isinstance(exc, TRANSIENT_EXCEPTIONS)
+    """True when retrying may succeed: our RetryableError, a connection/timeout failure, or a Kafka
+    client error the client marks retriable (leader moved, not enough replicas) or a send that timed
+    out, as during a broker failover: the batch is redelivered, not dead-lettered."""
+    if isinstance(exc, (*TRANSIENT_EXCEPTIONS, KafkaTimeoutError)):
+        return True
+    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))

@@ -143,6 +143,7 @@ _TRANSIENT_MARKERS = (
     "read-only",
     "readonly",
     "not ready",
+    "no read replica",  # Weaviate right after a restart, before its shards are loaded
     "temporarily",
 )
 
