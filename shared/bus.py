@@ -113,8 +113,14 @@ def concurrently(
     """A batch handler that runs `handle_one` for every event of the batch at once (I/O-bound work:
     searches, generations) and collects the events it rejected for good."""
 
+    async def one(record: ConsumerRecord[Any, Any], event: M) -> OneRejected:
+        try:
+            return await handle_one(record, event)
+        except PermanentError as exc:  # one bad record never takes its batch with it
+            return (record, exc)
+
     async def handle(decoded: Decoded[M]) -> Rejected:
-        results = await asyncio.gather(*(handle_one(record, event) for record, event in decoded))
+        results = await asyncio.gather(*(one(record, event) for record, event in decoded))
         return [r for r in results if r is not None]
 
     return handle

@@ -40,13 +40,22 @@ def check_reply_topic(request: QueryRequested) -> None:
         raise InvalidReplyTopic(f"reply_topic {request.reply_topic[:80]!r} is not a legal Kafka topic name")
 
 
+class InvalidDeadline(PermanentError):
+    """The request's deadline is not a valid timestamp."""
+
+
 def deadline_passed(request: QueryRequested) -> bool:
-    """True when the request carries a deadline that is already behind us."""
+    """True when the request carries a deadline that is already behind us; InvalidDeadline (a
+    PermanentError) when the deadline is no valid timestamp."""
     if not request.HasField("deadline"):
         return False
     now = Timestamp()
     now.GetCurrentTime()
-    return bool(request.deadline.ToNanoseconds() <= now.ToNanoseconds())
+    try:
+        deadline_ns = request.deadline.ToNanoseconds()
+    except ValueError as exc:
+        raise InvalidDeadline(f"deadline is not a valid timestamp: {exc}") from None
+    return bool(deadline_ns <= now.ToNanoseconds())
 
 
 async def publish_query_failed(

@@ -147,6 +147,7 @@ def create_app(settings: EmbedderSettings | None = None) -> FastStream:
                 tenants.check(request.meta.tenant_id)
                 domain.validate_question(request, settings.max_question_chars)
                 check_reply_topic(request)
+                passed = deadline_passed(request)  # InvalidDeadline for a malformed one
             except PermanentError as exc:
                 rejected.append((record, exc))
                 await publish_query_failed(
@@ -157,7 +158,7 @@ def create_app(settings: EmbedderSettings | None = None) -> FastStream:
                     stage=producer,
                 )
                 continue
-            if deadline_passed(request):
+            if passed:
                 await publish_query_failed(
                     broker,
                     request,

@@ -35,7 +35,14 @@ from shared.events import new_meta
 from shared.grpc_errors import error_info
 from shared.infra.stack import Stack
 from shared.topics import CONTEXT_RETRIEVED, FEEDBACK_RECORDED, QUERY_FAILED, QUERY_REQUESTED
-from tests.support.kafka_tools import committed_lag, create_topics, produce_events, read_all, unique_topic
+from tests.support.kafka_tools import (
+    committed_lag,
+    create_topics,
+    decode_records,
+    produce_events,
+    read_all,
+    unique_topic,
+)
 from tests.support.processes import REPO_ROOT, ServiceProcess, platform_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
@@ -243,9 +250,8 @@ async def test_too_short_deadlines_fail_fast_and_leave_nothing_pending(
     failures: list[QueryFailed] = []
     for _ in range(40):
         failures = []
-        for record in await read_all(kafka, QUERY_FAILED.name, expected=10**6, timeout_s=1):
-            failed = QueryFailed()
-            failed.ParseFromString(record.value)
+        records = await read_all(kafka, QUERY_FAILED.name, expected=10**6, timeout_s=1)
+        for _, failed in decode_records(records, QueryFailed):
             if failed.meta.correlation_id == correlation_id:
                 failures.append(failed)
         if failures:
@@ -301,9 +307,8 @@ async def test_feedback_is_recorded_for_the_callers_tenant(kafka: str, platform:
             )
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     recorded = []
-    for record in await read_all(kafka, FEEDBACK_RECORDED.name, expected=10**6, timeout_s=2):
-        event = FeedbackRecorded()
-        event.ParseFromString(record.value)
+    records = await read_all(kafka, FEEDBACK_RECORDED.name, expected=10**6, timeout_s=2)
+    for _, event in decode_records(records, FeedbackRecorded):
         if event.meta.event_id == response.event_id:
             recorded.append(event)
     assert len(recorded) == 1

@@ -17,7 +17,7 @@ from llmops.query.v1.query_pb2 import FailureReason
 from shared.events import new_meta
 from shared.infra.stack import Stack
 from shared.topics import DOCUMENT_INDEXED, INGEST_REQUESTED, QUERY_FAILED, QUERY_REQUESTED
-from tests.support.kafka_tools import produce_events, read_all
+from tests.support.kafka_tools import decode_records, produce_events, read_all
 from tests.support.processes import ServiceProcess, platform_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
@@ -88,10 +88,8 @@ async def test_ingest_during_outage_is_indexed_after_recovery_and_queries_fail_c
     wanted = {e.meta.correlation_id for e in events}
     seen: set[str] = set()
     for _ in range(24):
-        for record in await read_all(kafka, DOCUMENT_INDEXED.name, expected=100_000, timeout_s=5):
-            indexed = DocumentIndexed()
-            indexed.ParseFromString(record.value)
-            seen.add(indexed.meta.correlation_id)
+        records = await read_all(kafka, DOCUMENT_INDEXED.name, expected=100_000, timeout_s=5)
+        seen.update(indexed.meta.correlation_id for _, indexed in decode_records(records, DocumentIndexed))
         if wanted <= seen:
             break
     assert wanted <= seen, services["retriever"].log_tail()

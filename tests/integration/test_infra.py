@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import tempfile
 import urllib.request
@@ -59,7 +60,9 @@ def test_triton_serves_the_repository_model_with_the_llm_contract(triton: str) -
 @pytest.mark.slow
 def test_three_node_kafka_replicates_catalog_topics() -> None:
     state = Path(tempfile.mkdtemp(prefix="llmops-kafka3-"))
-    stack = Stack(state, kafka_nodes=3, port_base=29500, components=("kafka",))
+    # Beside the session's stack (LLMOPS_TEST_PORT_BASE), so sessions on other bases never collide.
+    port_base = int(os.environ.get("LLMOPS_TEST_PORT_BASE", "29000")) + 500
+    stack = Stack(state, kafka_nodes=3, port_base=port_base, components=("kafka",))
     try:
         stack.kafka.start()  # starts its own event loop, so this test is synchronous
         asyncio.run(check_replication(stack.kafka.bootstrap_servers))
@@ -72,8 +75,13 @@ async def check_replication(bootstrap: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        described = await admin.describe_topics([QUERY_REQUESTED.name])
-        partitions = described[0]["partitions"]
+        # A broker other than the one that answered start()'s check may still be catching up on metadata.
+        for _ in range(60):
+            described = await admin.describe_topics([QUERY_REQUESTED.name])
+            partitions = described[0]["partitions"]
+            if partitions:
+                break
+            await asyncio.sleep(0.5)
         assert len(partitions) == QUERY_REQUESTED.partitions
         assert all(len(p["replicas"]) == 3 for p in partitions)
         # Every catalog topic exists with three replicas (list_topics' metadata can lag, describe cannot).

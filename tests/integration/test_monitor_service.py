@@ -23,7 +23,7 @@ from llmops.telemetry.v1.events_pb2 import QualityAlert
 
 from shared.events import new_meta
 from shared.topics import FEEDBACK_RECORDED, QUALITY_ALERTS, QUERY_ANSWERED, QUERY_FAILED
-from tests.support.kafka_tools import committed_lag, produce_events, read_all
+from tests.support.kafka_tools import committed_lag, decode_records, produce_events, read_all
 from tests.support.processes import REPO_ROOT, ServiceProcess
 
 pytestmark = [pytest.mark.integration]
@@ -287,9 +287,8 @@ async def test_ungrounded_answers_score_low_and_raise_a_quality_alert(
     alerts: list[QualityAlert] = []
     deadline = time.monotonic() + 30
     while not alerts and time.monotonic() < deadline:
-        for record in await read_all(kafka, QUALITY_ALERTS.name, expected=10**6, timeout_s=2):
-            alert = QualityAlert()
-            alert.ParseFromString(record.value)
+        records = await read_all(kafka, QUALITY_ALERTS.name, expected=10**6, timeout_s=2)
+        for record, alert in decode_records(records, QualityAlert):
             if alert.meta.tenant_id == tenant:
                 alerts.append(alert)
                 assert record.key == tenant.encode()

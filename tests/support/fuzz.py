@@ -458,10 +458,14 @@ def _decode(case: Case) -> Any:
 
 
 def _deadline_state(request: Any) -> str:
-    """'none' (no deadline or far ahead: cannot pass during the test), 'passed', or 'unsure'."""
+    """'none' (no deadline or far ahead: cannot pass during the test), 'passed', 'unsure', or
+    'invalid' (not a valid timestamp: every stage refuses the request)."""
     if not request.HasField("deadline"):
         return "none"
-    at_s = request.deadline.ToNanoseconds() / 1e9
+    try:
+        at_s = request.deadline.ToNanoseconds() / 1e9
+    except ValueError:
+        return "invalid"
     if at_s > time.time() + FAR_FUTURE_S:
         return "none"
     if at_s < time.time() - 60:
@@ -496,13 +500,15 @@ def _question_rule(event: Any, known: Sequence[str]) -> str | None:
         return problem
     if not event.question.strip() or len(event.question) > MAX_QUESTION_CHARS:
         return "bad question"
+    if _deadline_state(event) == "invalid":
+        return "invalid deadline"
     return None
 
 
 def _retrieve_rule(event: Any, known: Sequence[str]) -> str | None:
     state = _deadline_state(event.request)
-    if state != "none":
-        return None  # a passed deadline is a QueryFailed(DEADLINE_EXCEEDED), not a dead letter
+    if state != "none":  # a passed deadline is a QueryFailed(DEADLINE_EXCEEDED), not a dead letter
+        return "invalid deadline" if state == "invalid" else None
     if problem := _tenant_problem(event, known):
         return problem
     options = event.request.retrieval
@@ -516,8 +522,9 @@ def _retrieve_rule(event: Any, known: Sequence[str]) -> str | None:
 
 
 def _generate_rule(event: Any, known: Sequence[str]) -> str | None:
-    if _deadline_state(event.request) != "none":
-        return None
+    state = _deadline_state(event.request)
+    if state != "none":
+        return "invalid deadline" if state == "invalid" else None
     if problem := _tenant_problem(event, known):
         return problem
     template = event.request.prompt_template_id

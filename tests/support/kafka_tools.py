@@ -7,13 +7,16 @@ import sqlite3
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from google.protobuf.message import DecodeError, Message
 from llmops.query.v1.events_pb2 import QueryRequested
 
-from shared.events import event_headers, new_meta
+from shared.events import HEADER_EVENT_TYPE, event_headers, new_meta
+
+M = TypeVar("M", bound=Message)
 
 
 def unique_topic(prefix: str) -> str:
@@ -112,3 +115,18 @@ async def wait_for(predicate: Any, timeout_s: float = 60.0, interval_s: float = 
             return True
         await asyncio.sleep(interval_s)
     return bool(predicate())
+
+
+def decode_records(records: list[Any], message_type: type[M]) -> list[tuple[Any, M]]:
+    """(record, event) for the records that are `message_type` events. Other payloads on a shared
+    catalog topic (the poison-input test floods them with fuzz) are skipped, not parsed."""
+    decoded = []
+    for record in records:
+        kind = dict(record.headers or ()).get(HEADER_EVENT_TYPE)
+        if kind is not None and kind.decode(errors="replace") != message_type.DESCRIPTOR.full_name:
+            continue
+        try:
+            decoded.append((record, message_type.FromString(record.value)))
+        except DecodeError:
+            continue
+    return decoded
