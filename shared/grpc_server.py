@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -43,8 +44,11 @@ async def start_grpc_server(
     *,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    tls: tuple[Path, Path] | None = None,
 ) -> GrpcEndpoint:
-    """Start a server with the given servicers plus grpc.health.v1 and reflection; all report SERVING."""
+    """Start a server with the given servicers plus grpc.health.v1 and reflection; all report SERVING.
+
+    `tls` = (certificate chain, private key), PEM files: the port then accepts TLS connections only."""
     server = grpc.aio.server(
         interceptors=[aio_server_interceptor(), *interceptors],
         options=[
@@ -61,7 +65,12 @@ async def start_grpc_server(
     reflection.enable_server_reflection(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        cert_file, key_file = tls
+        credentials = grpc.ssl_server_credentials([(key_file.read_bytes(), cert_file.read_bytes())])
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
     await server.start()
     endpoint = GrpcEndpoint(server=server, health=health_servicer, port=bound, service_names=names)
     await endpoint.set_serving(True)

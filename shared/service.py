@@ -109,7 +109,12 @@ class ServiceRuntime:
         async def start_grpc() -> None:
             for check in before_serving:
                 await check()
-            self.grpc = await start_grpc_server(settings.grpc_host, settings.grpc_port, grpc_registrations())
+            tls = None
+            if settings.grpc_tls_cert_file and settings.grpc_tls_key_file:
+                tls = (settings.grpc_tls_cert_file, settings.grpc_tls_key_file)
+            self.grpc = await start_grpc_server(
+                settings.grpc_host, settings.grpc_port, grpc_registrations(), tls=tls
+            )
             endpoints = {
                 "service": settings.service_name,
                 "pid": os.getpid(),

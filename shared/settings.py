@@ -48,6 +48,12 @@ class ServiceSettings(BaseSettings):
     )
     grpc_host: str = Field(default="127.0.0.1", description="Address the gRPC server binds.")
     grpc_port: int = Field(default=0, description="gRPC port; 0 picks a free port (logged at start).")
+    grpc_tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate chain: with the key file, the gRPC port serves TLS only."
+    )
+    grpc_tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of the TLS certificate."
+    )
     metrics_host: str = Field(default="127.0.0.1", description="Address the Prometheus endpoint binds.")
     metrics_port: int = Field(default=0, description="Prometheus /metrics port; 0 picks a free port.")
     log_level: str = Field(default="INFO", description="Python log level name.")
