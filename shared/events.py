@@ -72,4 +72,9 @@ def validate_meta(meta: EventMeta) -> list[str]:
         problems.append("meta.tenant_id is empty")
     if not meta.correlation_id:
         problems.append("meta.correlation_id is empty")
+    if meta.HasField("occurred_at"):
+        try:
+            meta.occurred_at.ToNanoseconds()
+        except ValueError as exc:  # every consumer reads it; one bad value must not fail a whole batch
+            problems.append(f"meta.occurred_at is not a valid timestamp: {exc}")
     return problems

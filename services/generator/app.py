@@ -41,8 +41,9 @@ from services.generator.llm import TritonLLM
 from services.generator.prompts import TemplateRegistry, approx_token_count, citations_for, pack_context
 from services.generator.routing import RolloutEvent, RolloutLog, RoutingPolicy
 from services.generator.settings import GeneratorSettings
-from shared.bus import concurrently, wait_for_assignment
+from shared.bus import concurrently, parse_event, wait_for_assignment
 from shared.errors import PermanentError, is_transient
+from shared.events import HEADER_EVENT_TYPE
 from shared.queries import deadline_passed, publish_query_failed, publish_reply
 from shared.service import ServiceRuntime
 from shared.topics import (
@@ -71,23 +72,23 @@ def _seconds_left(event: ContextRetrieved, default_s: float) -> float:
 
 
 def rollout_event(record: ConsumerRecord[Any, Any]) -> RolloutEvent:
-    """The routing change a record of the promoted or rolled-back topic announces."""
-    try:
-        if record.topic == MODEL_PROMOTED.name:
-            promoted = ModelVersionPromoted.FromString(record.value)
-            return RolloutEvent(
-                event_id=promoted.meta.event_id or f"{record.topic}/{record.partition}/{record.offset}",
-                at_ms=promoted.meta.occurred_at.ToMilliseconds() or record.timestamp,
-                kind="promoted",
-                model=promoted.model_name,
-                version=promoted.model_version,
-                traffic_share=promoted.traffic_share,
-            )
-        rolled_back = ModelVersionRolledBack.FromString(record.value)
-    except Exception as exc:
-        raise PermanentError(f"undecodable rollout event on {record.topic}: {exc}") from exc
+    """The routing change a record of the promoted or rolled-back topic announces; MalformedEventError
+    (dead-lettered with the reason) for a record that is no valid event of the topic."""
+    declared = dict(record.headers or ()).get(HEADER_EVENT_TYPE)
+    declared_type = declared.decode(errors="replace") if isinstance(declared, bytes) else None
+    if record.topic == MODEL_PROMOTED.name:
+        promoted = parse_event(record.value, declared_type, ModelVersionPromoted)
+        return RolloutEvent(
+            event_id=promoted.meta.event_id,
+            at_ms=promoted.meta.occurred_at.ToMilliseconds() or record.timestamp,
+            kind="promoted",
+            model=promoted.model_name,
+            version=promoted.model_version,
+            traffic_share=promoted.traffic_share,
+        )
+    rolled_back = parse_event(record.value, declared_type, ModelVersionRolledBack)
     return RolloutEvent(
-        event_id=rolled_back.meta.event_id or f"{record.topic}/{record.partition}/{record.offset}",
+        event_id=rolled_back.meta.event_id,
         at_ms=rolled_back.meta.occurred_at.ToMilliseconds() or record.timestamp,
         kind="rolled_back",
         model=rolled_back.model_name,

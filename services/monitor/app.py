@@ -41,6 +41,7 @@ from services.monitor.settings import MonitorSettings
 from services.monitor.store import Retention, StoreRunner
 from shared.bus import Decoded, EventGuard, Rejected, publish_event, raw_records
 from shared.clickhouse import ClickHouse, ClickHouseUnavailable, open_clickhouse
+from shared.errors import MalformedEventError
 from shared.grpc_server import Registration
 from shared.service import ServiceRuntime
 from shared.topics import (
@@ -114,6 +115,19 @@ def default_open_db(settings: MonitorSettings) -> Callable[[], ClickHouse]:
     return open_db
 
 
+def rows_of(decoded: Decoded[Any], to_row: Callable[[Any], domain.Row]) -> tuple[list[domain.Row], Rejected]:
+    """Rows of the events that convert; an event with an impossible value (a timestamp out of range)
+    is rejected on its own, so the rest of its batch is still stored."""
+    rows: list[domain.Row] = []
+    rejected: Rejected = []
+    for record, event in decoded:
+        try:
+            rows.append(to_row(event))
+        except ValueError as exc:
+            rejected.append((record, MalformedEventError(f"cannot be stored: {exc}")))
+    return rows, rejected
+
+
 def create_app(
     settings: MonitorSettings | None = None, *, open_db: Callable[[], ClickHouse] | None = None
 ) -> FastStream:
@@ -164,36 +178,34 @@ def create_app(
 
     async def on_answered(decoded: Decoded[QueryAnswered]) -> Rejected:
         received = datetime.now(UTC)
-        rows = [
-            domain.answered_row(
-                event,
-                groundedness=groundedness(
-                    event.answer,
-                    [chunk.text for chunk in event.context],
-                    support_threshold=settings.sentence_support_threshold,
-                ),
-                redaction=policy,
-                received_at=received,
+
+        def to_row(event: QueryAnswered) -> domain.Row:
+            score = groundedness(
+                event.answer,
+                [chunk.text for chunk in event.context],
+                support_threshold=settings.sentence_support_threshold,
             )
-            for _, event in decoded
-        ]
+            return domain.answered_row(event, groundedness=score, redaction=policy, received_at=received)
+
+        rows, rejected = rows_of(decoded, to_row)
         await record_requests(rows)
-        return []
+        return rejected
 
     async def on_failed(decoded: Decoded[QueryFailed]) -> Rejected:
         received = datetime.now(UTC)
-        await record_requests(
-            [domain.failed_row(event, redaction=policy, received_at=received) for _, event in decoded]
+        rows, rejected = rows_of(
+            decoded, lambda event: domain.failed_row(event, redaction=policy, received_at=received)
         )
-        return []
+        await record_requests(rows)
+        return rejected
 
     def inserter(table: str, to_row: Callable[[Any, datetime], domain.Row]) -> Callable[[Decoded[Any]], Any]:
         async def handle(decoded: Decoded[Any]) -> Rejected:
             received = datetime.now(UTC)
-            rows = [to_row(event, received) for _, event in decoded]
+            rows, rejected = rows_of(decoded, lambda event: to_row(event, received))
             await runner.run(lambda store: store.insert_rows(table, rows))
             ROWS_WRITTEN.labels(table).inc(len(rows))
-            return []
+            return rejected
 
         return handle
 

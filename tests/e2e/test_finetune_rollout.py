@@ -36,7 +36,7 @@ from services.finetune.settings import FinetuneSettings
 from services.gateway.auth import issue_key
 from shared.infra.stack import Stack
 from shared.topics import MODEL_PROMOTED, MODEL_ROLLED_BACK
-from tests.support.kafka_tools import read_all
+from tests.support.kafka_tools import decode_records, read_all
 from tests.support.processes import ServiceProcess, platform_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
@@ -163,8 +163,8 @@ async def events_of(loop: Loop, topic: str, message: Any, timeout_s: float, unti
     found: list[Any] = []
     while time.monotonic() < deadline:
         found = []
-        for record in await read_all(loop.kafka, topic, expected=10_000, timeout_s=1.5):
-            event = message.FromString(record.value)
+        records = await read_all(loop.kafka, topic, expected=10_000, timeout_s=1.5)
+        for _, event in decode_records(records, message):
             if event.model_name == MODEL:
                 found.append(event)
         if until(found):

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -360,9 +360,12 @@ def cases(topic: Topic, all_topics: Sequence[Topic], known: Sequence[str]) -> st
     return st.sampled_from(weighted).flatmap(lambda kind: by_kind[kind])
 
 
-def draw_cases(strategy: st.SearchStrategy[Case], count: int, seed_value: int) -> list[Case]:
+T = TypeVar("T")
+
+
+def draw(strategy: st.SearchStrategy[T], count: int, seed_value: int) -> list[T]:
     """`count` draws of `strategy`, the same every run (seeded, no example database, no shrinking)."""
-    drawn: list[Case] = []
+    drawn: list[T] = []
 
     @seed(seed_value)
     @settings(
@@ -373,8 +376,8 @@ def draw_cases(strategy: st.SearchStrategy[Case], count: int, seed_value: int) -
         suppress_health_check=list(HealthCheck),
     )
     @given(strategy)
-    def collect(case: Case) -> None:
-        drawn.append(case)
+    def collect(value: T) -> None:
+        drawn.append(value)
 
     collect()
     return drawn[:count]
@@ -385,7 +388,7 @@ def corpus(topics: Sequence[Topic], per_topic: int, known: Sequence[str], nonce:
     event ids unique to `nonce`."""
     collected: list[Case] = []
     for number, topic in enumerate(topics):
-        collected.extend(draw_cases(cases(topic, topics, known), per_topic, number))
+        collected.extend(draw(cases(topic, topics, known), per_topic, number))
     for index, case in enumerate(collected):
         build(case, index, nonce)
     return collected
@@ -448,7 +451,17 @@ def undecodable(case: Case) -> str | None:
         return "event id missing or not a UUID"
     if not meta.tenant_id or not meta.correlation_id:
         return "tenant or correlation id missing"
+    if meta.HasField("occurred_at") and not _valid_timestamp(meta.occurred_at):
+        return "occurred_at is not a valid timestamp"
     return None
+
+
+def _valid_timestamp(ts: Timestamp) -> bool:
+    try:
+        ts.ToNanoseconds()
+    except ValueError:
+        return False
+    return True
 
 
 def _decode(case: Case) -> Any:
