@@ -64,3 +64,10 @@ def triton(test_stack: Stack) -> Iterator[str]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that flood the shared catalog topics run last, in their usual order: a consumer group
+    that a later test starts reads those topics from the beginning and would first have to
+    dead-letter the whole flood."""
+    items.sort(key=lambda item: item.get_closest_marker("floods_topics") is not None)

@@ -48,7 +48,7 @@ from tests.support import fuzz
 from tests.support.kafka_tools import committed_lag, create_topics, produce_events, read_all, unique_topic
 from tests.support.processes import REPO_ROOT, ServiceProcess, platform_services
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow, pytest.mark.floods_topics]
 
 TENANT = "fuzz"
 KNOWN = (TENANT,)
