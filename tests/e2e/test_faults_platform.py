@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -45,7 +44,7 @@ from tests.support.load import (
     requested_ids,
     summarize,
 )
-from tests.support.processes import REPO_ROOT, ServiceProcess, platform_services
+from tests.support.processes import ServiceProcess, hold_chdb, platform_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -323,18 +322,8 @@ async def test_clickhouse_unavailable_30s_loses_no_telemetry(kafka: str, platfor
     await wait_for(lambda: sum(o.ok for o in load.outcomes) >= 5, 60)
     # The monitor owns the embedded ClickHouse; restart it while another process holds the path.
     assert monitor.terminate() == 0
-    holder = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "import sys,time; from chdb import session; s = session.Session(sys.argv[1]); "
-        "print('held', flush=True); time.sleep(600)",
-        str(chdb),
-        cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
+    holder = await hold_chdb(chdb)
     try:
-        assert holder.stdout is not None
-        assert (await asyncio.wait_for(holder.stdout.readline(), 60)).strip() == b"held"
         down_at = time.monotonic()
         await asyncio.to_thread(monitor.start, 120)
         with pytest.raises(grpc.aio.AioRpcError) as error:

@@ -5,7 +5,6 @@ raises a QualityAlert, and a ClickHouse outage leaves offsets uncommitted until 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,7 +23,7 @@ from llmops.telemetry.v1.events_pb2 import QualityAlert
 from shared.events import new_meta
 from shared.topics import FEEDBACK_RECORDED, QUALITY_ALERTS, QUERY_ANSWERED, QUERY_FAILED
 from tests.support.kafka_tools import committed_lag, decode_records, produce_events, read_all
-from tests.support.processes import REPO_ROOT, ServiceProcess
+from tests.support.processes import ServiceProcess, hold_chdb
 
 pytestmark = [pytest.mark.integration]
 
@@ -315,21 +314,11 @@ async def test_redaction_policy_hashes_the_tenants_text(kafka: str, monitor: Ser
 async def test_clickhouse_unavailable_keeps_offsets_until_it_is_back(kafka: str, tmp_path: Path) -> None:
     chdb = tmp_path / "held-chdb"
     # Another process holds the chdb path (the engine refuses a second owner): the monitor cannot write.
-    holder = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "import sys,time; from chdb import session; s = session.Session(sys.argv[1]); "
-        "print('held', flush=True); time.sleep(600)",
-        str(chdb),
-        cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
+    holder = await hold_chdb(chdb)
     group = f"test-monitor-outage-{uuid.uuid4().hex[:6]}"
     tenant = f"mon-outage-{uuid.uuid4().hex[:6]}"
     proc = monitor_process(kafka, tmp_path, "monitor-outage", chdb, group)
     try:
-        assert holder.stdout is not None
-        assert (await asyncio.wait_for(holder.stdout.readline(), 60)).strip() == b"held"
         proc.start(timeout_s=120)
         events = [answered(tenant) for _ in range(4)]
         await produce_events(kafka, QUERY_ANSWERED.name, events)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -94,3 +95,25 @@ def platform_services(
     finally:
         for proc in procs.values():
             proc.kill()
+
+
+async def hold_chdb(path: Path) -> asyncio.subprocess.Process:
+    """A process that opens the embedded ClickHouse at `path` and keeps it: the engine refuses a second
+    owner, so a monitor on that path cannot write until the holder is killed. Returns once it holds."""
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sys,time; from chdb import session; s = session.Session(sys.argv[1]); "
+        "print('held', flush=True); time.sleep(600)",
+        str(path),
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert (await asyncio.wait_for(holder.stdout.readline(), 60)).strip() == b"held"
+    except BaseException:
+        holder.kill()
+        await holder.wait()
+        raise
+    return holder
