@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -23,9 +24,10 @@ from faststream.exceptions import AckMessage, NackMessage
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.kafka.security import parse_security
 from faststream.message import StreamMessage
 from faststream.middlewares import BaseMiddleware
-from faststream.security import SASLPlaintext, SASLScram256, SASLScram512
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from google.protobuf.message import DecodeError, Message
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
@@ -268,18 +270,27 @@ class _EventGuardMiddleware(BaseMiddleware):
             raise AckMessage() from exc
 
 
-def _security(settings: KafkaSettings) -> Any:
-    if not settings.security_protocol.startswith("SASL"):
+def _security(settings: KafkaSettings) -> BaseSecurity | None:
+    """FastStream's security object for the configured protocol: TLS (verified against ssl_cafile, or
+    the system's CAs) for SSL and SASL_SSL, SASL credentials for SASL_*; None for PLAINTEXT."""
+    protocol = settings.security_protocol
+    if protocol == "PLAINTEXT":
         return None
-    password = settings.sasl_password_file.read_text().strip() if settings.sasl_password_file else ""
-    use_ssl = settings.security_protocol == "SASL_SSL"
+    use_ssl = protocol in ("SSL", "SASL_SSL")
+    ssl_context = ssl.create_default_context(cafile=settings.ssl_cafile) if use_ssl else None
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=ssl_context, use_ssl=True)
     cls = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}[
         settings.sasl_mechanism
     ]
-    import ssl
-
-    ssl_context = ssl.create_default_context(cafile=settings.ssl_cafile) if use_ssl else None
+    password = settings.sasl_secret().get_secret_value()
     return cls(username=settings.sasl_username, password=password, ssl_context=ssl_context, use_ssl=use_ssl)
+
+
+def kafka_client_security(settings: KafkaSettings) -> dict[str, Any]:
+    """The same security settings as keyword arguments of aiokafka's own clients (AIOKafkaClient,
+    AIOKafkaAdminClient, AIOKafkaConsumer, AIOKafkaProducer); empty for PLAINTEXT."""
+    return parse_security(_security(settings))
 
 
 def create_broker(

@@ -44,18 +44,24 @@ class InvalidDeadline(PermanentError):
     """The request's deadline is not a valid timestamp."""
 
 
-def deadline_passed(request: QueryRequested) -> bool:
-    """True when the request carries a deadline that is already behind us; InvalidDeadline (a
-    PermanentError) when the deadline is no valid timestamp."""
+def seconds_left(request: QueryRequested) -> float | None:
+    """Seconds until the request's deadline (0 once passed); None when it carries no deadline.
+    InvalidDeadline (a PermanentError) when the deadline is no valid timestamp."""
     if not request.HasField("deadline"):
-        return False
+        return None
     now = Timestamp()
     now.GetCurrentTime()
     try:
         deadline_ns = request.deadline.ToNanoseconds()
     except ValueError as exc:
         raise InvalidDeadline(f"deadline is not a valid timestamp: {exc}") from None
-    return bool(deadline_ns <= now.ToNanoseconds())
+    return max(deadline_ns - now.ToNanoseconds(), 0) / 1e9
+
+
+def deadline_passed(request: QueryRequested) -> bool:
+    """True when the request carries a deadline that is already behind us (InvalidDeadline when the
+    deadline is no valid timestamp)."""
+    return seconds_left(request) == 0.0
 
 
 async def publish_query_failed(

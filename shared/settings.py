@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,15 +25,31 @@ class KafkaSettings(BaseSettings):
     )
     sasl_username: str = Field(default="", description="SASL user name.")
     sasl_password_file: Path | None = Field(
-        default=None, description="File holding the SASL password (secrets come from files, never logs)."
+        default=None,
+        description="File holding the SASL password (e.g. a mounted Secret); wins over sasl_password.",
     )
-    ssl_cafile: Path | None = Field(default=None, description="CA bundle for TLS to the brokers.")
+    sasl_password: SecretStr | None = Field(
+        default=None,
+        description="SASL password from the environment (LLMOPS_KAFKA_SASL_PASSWORD), used when no "
+        "sasl_password_file is set; masked in every repr and log.",
+    )
+    ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM CA bundle that signs the brokers' certificates (SSL, SASL_SSL); "
+        "empty trusts the system's CAs.",
+    )
     dead_letter_topic: str = Field(
         default="llmops.dead-letter.v1", description="Topic that receives events that cannot be processed."
     )
     acks: Literal["all", "1", "0"] = Field(
         default="all", description="Producer acknowledgement level; 'all' waits for min.insync.replicas."
     )
+
+    def sasl_secret(self) -> SecretStr:
+        """The SASL password: the file's content (trimmed) if a file is set, else sasl_password."""
+        if self.sasl_password_file is not None:
+            return SecretStr(self.sasl_password_file.read_text().strip())
+        return self.sasl_password or SecretStr("")
 
 
 class ServiceSettings(BaseSettings):

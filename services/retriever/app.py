@@ -26,7 +26,7 @@ from shared.bus import Decoded, Rejected, concurrently, protobuf_decoder, publis
 from shared.errors import PermanentError, RetryableError
 from shared.events import follow_meta
 from shared.grpc_server import Registration
-from shared.queries import deadline_passed, publish_query_failed
+from shared.queries import deadline_passed, publish_query_failed, seconds_left
 from shared.service import ServiceRuntime
 from shared.topics import (
     CHUNKS_EMBEDDED,
@@ -37,6 +37,15 @@ from shared.topics import (
     INGEST_FAILED,
     QUERY_EMBEDDED,
 )
+
+# Retries stop this long before a request's deadline, so its QueryFailed still reaches the caller.
+DEADLINE_MARGIN_S = 0.2
+
+
+def retry_window(seconds: float | None, cap_s: float) -> float | None:
+    """How long a search may retry Weaviate for a caller with `seconds` left, at most `cap_s`
+    (None: no deadline, the store's own budget applies)."""
+    return None if seconds is None else min(max(seconds - DEADLINE_MARGIN_S, 0.0), cap_s)
 
 
 @dataclass
@@ -68,7 +77,11 @@ class RetrieverServicer(pb_grpc.RetrieverServiceServicer):
             if not request.query_text.strip() and not request.query_vector:
                 raise PermanentError("query_text and query_vector are both empty")
             chunks = await self.clients.chunks.search(
-                request.tenant_id, request.query_text, list(request.query_vector), options
+                request.tenant_id,
+                request.query_text,
+                list(request.query_vector),
+                options,
+                within_s=retry_window(context.time_remaining(), self.settings.search_retry_cap_s),
             )
         except PermanentError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -174,7 +187,11 @@ def create_app(settings: RetrieverSettings | None = None) -> FastStream:
                 request.retrieval, default_top_k=settings.default_top_k, default_alpha=settings.default_alpha
             )
             chunks = await clients.chunks.search(
-                event.meta.tenant_id, request.question, list(event.vector), options
+                event.meta.tenant_id,
+                request.question,
+                list(event.vector),
+                options,
+                within_s=retry_window(seconds_left(request), settings.search_retry_cap_s),
             )
         except PermanentError as exc:
             await publish_query_failed(
@@ -186,11 +203,16 @@ def create_app(settings: RetrieverSettings | None = None) -> FastStream:
             )
             return (record, exc)
         except RetryableError as exc:
-            # The store already spent its retry budget: the caller gets a clear answer now.
+            # Retried up to the request's deadline (or the store's budget without one): the caller
+            # gets a clear answer now.
+            left = seconds_left(request)
+            past_deadline = left is not None and left <= DEADLINE_MARGIN_S
             await publish_query_failed(
                 broker,
                 request,
-                reason=FailureReason.FAILURE_REASON_UNAVAILABLE,
+                reason=FailureReason.FAILURE_REASON_DEADLINE_EXCEEDED
+                if past_deadline
+                else FailureReason.FAILURE_REASON_UNAVAILABLE,
                 detail=f"retrieval unavailable after retries: {exc}",
                 stage=producer,
             )

@@ -21,4 +21,9 @@ class RetrieverSettings(ServiceSettings):
     default_alpha: float = Field(
         default=0.5, description="Hybrid weight when a request names none (1 = vector)."
     )
+    search_retry_cap_s: float = Field(
+        default=120.0,
+        description="A search retries Weaviate until its request's deadline, but never longer than this "
+        "(a consumer must poll again within max.poll.interval.ms, 300 s by default).",
+    )
     max_batch_records: int = Field(default=32, description="Kafka records handled together.")

@@ -280,16 +280,29 @@ class IndexSettings:
     max_connections: int = 32
 
 
-async def call_with_retry(budget: RetryBudget, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
+async def call_with_retry(
+    budget: RetryBudget,
+    operation: str,
+    fn: Callable[[], Awaitable[T]],
+    *,
+    within_s: float | None = None,
+) -> T:
     """Run `fn` within the retry budget; map what is left to RetryableError / PermanentError.
 
     Transient failures are retried (each attempt bounded by `attempt_timeout_s`); when the budget
-    is spent they surface as RetryableError. Other Weaviate errors mean the request itself is wrong
-    and become PermanentError. Anything else (a bug) propagates unchanged.
+    is spent they surface as RetryableError. `within_s` (a caller's deadline, in seconds from now)
+    replaces the budget: attempts go on until it, each cut to the time left. Other Weaviate errors
+    mean the request itself is wrong and become PermanentError. Anything else (a bug) propagates
+    unchanged.
     """
+    loop = asyncio.get_running_loop()
+    ends_at = None if within_s is None else loop.time() + within_s
 
     async def attempt() -> T:
-        async with asyncio.timeout(budget.attempt_timeout_s):
+        timeout_s = budget.attempt_timeout_s
+        if ends_at is not None:
+            timeout_s = min(timeout_s, max(ends_at - loop.time(), 0.0))
+        async with asyncio.timeout(timeout_s):
             return await fn()
 
     retrying = retry_transient(
@@ -298,6 +311,7 @@ async def call_with_retry(budget: RetryBudget, operation: str, fn: Callable[[], 
         initial_wait_s=budget.initial_wait_s,
         max_wait_s=budget.max_wait_s,
         is_retryable=is_weaviate_transient,
+        until_s=within_s,
     )(attempt)
     try:
         return await retrying()
@@ -343,8 +357,10 @@ class ChunkStore:
 
     # -- retry plumbing ------------------------------------------------------------------------------
 
-    async def _call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
-        return await call_with_retry(self._retry, operation, fn)
+    async def _call(
+        self, operation: str, fn: Callable[[], Awaitable[T]], *, within_s: float | None = None
+    ) -> T:
+        return await call_with_retry(self._retry, operation, fn, within_s=within_s)
 
     # -- schema and tenants --------------------------------------------------------------------------
 
@@ -637,9 +653,13 @@ class ChunkStore:
         query_text: str,
         query_vector: Sequence[float],
         options: RetrievalOptions,
+        *,
+        within_s: float | None = None,
     ) -> list[RetrievedChunk]:
-        """Hybrid search in one tenant; scores in [0, 1] (relative-score fusion), best first."""
-        hits = await self.search_hits(tenant_id, query_text, query_vector, options)
+        """Hybrid search in one tenant; scores in [0, 1] (relative-score fusion), best first.
+        `within_s`: the caller's deadline; transient failures are retried until it rather than
+        for the store's own budget."""
+        hits = await self.search_hits(tenant_id, query_text, query_vector, options, within_s=within_s)
         return [hit.chunk for hit in hits]
 
     async def search_hits(
@@ -648,6 +668,8 @@ class ChunkStore:
         query_text: str,
         query_vector: Sequence[float],
         options: RetrievalOptions,
+        *,
+        within_s: float | None = None,
     ) -> list[SearchHit]:
         """`search` with the Weaviate object id of every hit.
 
@@ -699,7 +721,7 @@ class ChunkStore:
             hits.sort(key=lambda hit: hit.chunk.score, reverse=True)
             return hits
 
-        return await self._call("search", query)
+        return await self._call("search", query, within_s=within_s)
 
     async def close(self) -> None:
         await self._client.close()

@@ -8,8 +8,9 @@ import contextlib
 import shutil
 import subprocess
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiokafka import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -18,6 +19,9 @@ from aiokafka.errors import TopicAlreadyExistsError
 from shared.infra.paths import DEPLOY_DIR, cache_dir
 from shared.infra.process import InfraError, ManagedProcess, run_with_status
 from shared.topics import CATALOG
+
+if TYPE_CHECKING:
+    from shared.settings import KafkaSettings
 
 KAFKA_VERSION = "4.1.1"  # keep in step with deploy/kafka/pom.xml
 
@@ -51,15 +55,43 @@ def install_kafka(version: str = KAFKA_VERSION) -> Path:
     return libs
 
 
+@dataclass(frozen=True)
+class ListenerSecurity:
+    """A SASL_SSL client listener: TLS with a PEM certificate and key, SCRAM users (name -> password)
+    created in the cluster metadata when the storage is formatted. The broker itself speaks to its
+    listener (inter-broker traffic) as `broker_user`. The controller listener stays PLAINTEXT.
+    With `tls_only_listener`, each broker also serves plain TLS (SSL, no client authentication) on
+    its broker port + 2: only for testing SSL clients, never where the data matters."""
+
+    cert_file: Path  # PEM certificate chain the broker presents; clients name it (or its CA) as ssl_cafile
+    key_file: Path  # unencrypted PEM (PKCS#8) private key of the certificate
+    users: dict[str, str] = field(repr=False)  # never in a repr: they are passwords
+    broker_user: str
+    mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    tls_only_listener: bool = False
+
+    def __post_init__(self) -> None:
+        if self.broker_user not in self.users:
+            raise ValueError(f"broker_user {self.broker_user!r} is not one of the SCRAM users")
+        for name, password in self.users.items():
+            # Both land in a JAAS line and a `--add-scram` argument: no quoting games.
+            if not name.isidentifier() or not password or any(c in password for c in '"\\,[]\n'):
+                raise ValueError(f"SCRAM user {name!r}: use a plain name and a password without quotes")
+
+
 @dataclass
 class KafkaCluster:
-    """One node by default; three for fault tests (replication 3, min.insync.replicas 2)."""
+    """One node by default; three for fault tests (replication 3, min.insync.replicas 2).
+
+    With `security`, every broker's client listener is SASL_SSL (see ListenerSecurity) instead of
+    PLAINTEXT; `client_settings(user)` gives the KafkaSettings a client needs to reach it."""
 
     state_dir: Path
     nodes: int = 1
     base_port: int = 19092
     version: str = KAFKA_VERSION
     heap: str = "512m"
+    security: ListenerSecurity | None = None
 
     def broker_port(self, index: int) -> int:
         return self.base_port + 100 * index
@@ -70,6 +102,36 @@ class KafkaCluster:
     @property
     def bootstrap_servers(self) -> str:
         return ",".join(f"127.0.0.1:{self.broker_port(i)}" for i in range(self.nodes))
+
+    def tls_only_port(self, index: int) -> int:
+        return self.base_port + 100 * index + 2
+
+    def client_settings(self, user: str | None = None, password: str | None = None) -> KafkaSettings:
+        """KafkaSettings for a client of this cluster: PLAINTEXT, or SASL_SSL as `user` (default: the
+        broker's user) with its password (or `password`), trusting the listener's certificate."""
+        from pydantic import SecretStr
+
+        from shared.settings import KafkaSettings
+
+        if self.security is None:
+            return KafkaSettings(bootstrap_servers=self.bootstrap_servers)
+        user = user or self.security.broker_user
+        return KafkaSettings(
+            bootstrap_servers=self.bootstrap_servers,
+            security_protocol="SASL_SSL",
+            sasl_mechanism=self.security.mechanism,
+            sasl_username=user,
+            sasl_password=SecretStr(password if password is not None else self.security.users[user]),
+            ssl_cafile=self.security.cert_file,
+        )
+
+    def _client_security(self) -> dict[str, Any]:
+        """Keyword arguments that give this module's own aiokafka clients the listener's security."""
+        if self.security is None:
+            return {}
+        from shared.bus import kafka_client_security
+
+        return kafka_client_security(self.client_settings())
 
     def node_dir(self, index: int) -> Path:
         return self.state_dir / "kafka" / f"node-{index}"
@@ -123,8 +185,45 @@ class KafkaCluster:
             "unclean.leader.election.enable": "false",
         }
         path = node_dir / "server.properties"
+        if self.security is not None:
+            props.update(self._secured_listener(index))
+            path.touch(mode=0o600)  # it holds the private key and the broker's password
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         return path
+
+    def _secured_listener(self, index: int) -> dict[str, str]:
+        """server.properties entries that make the client (and inter-broker) listener SASL_SSL."""
+        assert self.security is not None
+        sec = self.security
+        port = self.broker_port(index)
+        mechanism = sec.mechanism.lower()
+        broker_password = sec.users[sec.broker_user]
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{sec.broker_user}" password="{broker_password}";'
+        )
+
+        def pem(path: Path) -> str:  # PEM content as one properties line (\n escapes newlines)
+            return path.read_text().strip().replace("\n", "\\n")
+
+        client_listeners = f"SASL_SSL://127.0.0.1:{port}"
+        if sec.tls_only_listener:
+            client_listeners += f",SSL://127.0.0.1:{self.tls_only_port(index)}"
+        return {
+            "listeners": f"{client_listeners},CONTROLLER://127.0.0.1:{self.controller_port(index)}",
+            "advertised.listeners": client_listeners,
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,SSL:SSL,CONTROLLER:PLAINTEXT",
+            "sasl.enabled.mechanisms": sec.mechanism,
+            "sasl.mechanism.inter.broker.protocol": sec.mechanism,
+            f"listener.name.sasl_ssl.{mechanism}.sasl.jaas.config": jaas,
+            # PEM key store and trust store given inline (KIP-651): an unencrypted key needs no password.
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.certificate.chain": pem(sec.cert_file),
+            "ssl.keystore.key": pem(sec.key_file),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.certificates": pem(sec.cert_file),
+        }
 
     def _format_storage(self, cluster_id: str) -> None:
         """Format each new node's KRaft storage once; the JVMs run side by side."""
@@ -134,6 +233,10 @@ class KafkaCluster:
             config = self._write_config(i)
             if (self.node_dir(i) / "data" / "meta.properties").exists():
                 continue
+            scram: list[str] = []
+            if self.security is not None:  # SCRAM users exist from the first start (KRaft metadata)
+                for name, password in self.security.users.items():
+                    scram += ["--add-scram", f"{self.security.mechanism}=[name={name},password={password}]"]
             jobs[i] = subprocess.Popen(
                 [
                     "java",
@@ -145,6 +248,7 @@ class KafkaCluster:
                     cluster_id,
                     "-c",
                     str(config),
+                    *scram,
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -194,7 +298,9 @@ class KafkaCluster:
         deadline = asyncio.get_running_loop().time() + timeout_s
         last_error: Exception | None = None
         while asyncio.get_running_loop().time() < deadline:
-            client = AIOKafkaClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=3000)
+            client = AIOKafkaClient(
+                bootstrap_servers=self.bootstrap_servers, request_timeout_ms=3000, **self._client_security()
+            )
             try:
                 await client.bootstrap()
                 metadata = await client.fetch_all_metadata()
@@ -209,7 +315,7 @@ class KafkaCluster:
 
     async def create_catalog_topics(self) -> None:
         replicas = min(3, self.nodes)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, **self._client_security())
         await admin.start()
         try:
             existing = set(await admin.list_topics())
