@@ -28,12 +28,14 @@ from llmops.feedback.v1.events_pb2 import FeedbackRecorded
 from llmops.finetune.v1 import finetune_service_pb2 as pb
 from llmops.finetune.v1 import finetune_service_pb2_grpc as pb_grpc
 from llmops.finetune.v1.events_pb2 import FineTuneJobUpdated
+from llmops.ingest.v1.events_pb2 import DocumentDeleteRequested, DocumentIngestRequested
 from llmops.query.v1.events_pb2 import QueryAnswered
 from llmops.telemetry.v1.events_pb2 import QualityAlert
 from prometheus_client import Counter
 
 from services.finetune.api import FineTuneServicer
 from services.finetune.curation import Answered, Embed, Feedback
+from services.finetune.knowledge import Index, Retract, knowledge_action
 from services.finetune.pii import scrub
 from services.finetune.promotion import ModelRepository, MonitorClient, Promoter, TritonModelControl
 from services.finetune.runner import LocalProcessRunner
@@ -44,11 +46,14 @@ from services.finetune.triggers import PendingAlert
 from services.monitor.quality import groundedness
 from shared.bus import Decoded, Rejected, publish_event
 from shared.errors import PermanentError
+from shared.events import new_meta
 from shared.grpc_server import Registration
 from shared.service import ServiceRuntime
 from shared.topics import (
+    DELETE_REQUESTED,
     FEEDBACK_RECORDED,
     FINETUNE_JOBS,
+    INGEST_REQUESTED,
     MODEL_PROMOTED,
     MODEL_ROLLED_BACK,
     QUALITY_ALERTS,
@@ -59,6 +64,12 @@ log = logging.getLogger(__name__)
 
 EVENTS = Counter(
     "llmops_finetune_events_total", "Events the finetune consumed, by kind and outcome.", ["kind", "outcome"]
+)
+
+KNOWLEDGE = Counter(
+    "llmops_finetune_knowledge_documents_total",
+    "Approved interactions published as tenant documents, or retracted.",
+    ["action"],
 )
 
 
@@ -120,7 +131,7 @@ def create_app(settings: FinetuneSettings | None = None) -> FastStream:
             MonitorClient(settings.monitor_grpc_url),
             publish_model_event,
             models_dir=settings.models_dir,
-            canary_share=settings.canary_share,
+            canary_stages=settings.canary_stages,
             policy=settings.canary_policy(),
             producer=settings.service_name,
             promoted_topic=MODEL_PROMOTED.name,
@@ -151,22 +162,48 @@ def create_app(settings: FinetuneSettings | None = None) -> FastStream:
         EVENTS.labels(kind, "stored").inc()
         return True
 
+    async def update_knowledge(keys: Iterable[tuple[str, str]]) -> None:
+        """Index (or retract) the approved interactions among `keys` as documents of their tenant."""
+        if not settings.index_approved_interactions:
+            return
+        for tenant_id, correlation_id in keys:
+            history = store.feedback(tenant_id, correlation_id)
+            if not history:
+                continue
+            answered = next(iter(store.answers(tenant_id, correlation_id)), None)
+            action = knowledge_action(answered, history, settings.min_accept_rating)
+            meta = new_meta(tenant_id=tenant_id, producer=settings.service_name)
+            if isinstance(action, Index):
+                document = action.document
+                ingest = DocumentIngestRequested(meta=meta, document=document)
+                key = f"{tenant_id}/{document.document_id}"
+                await publish_event(broker, INGEST_REQUESTED.name, ingest, key=key)
+                KNOWLEDGE.labels("indexed").inc()
+            elif isinstance(action, Retract):
+                delete = DocumentDeleteRequested(meta=meta, document_id=action.document_id)
+                key = f"{tenant_id}/{action.document_id}"
+                await publish_event(broker, DELETE_REQUESTED.name, delete, key=key)
+                KNOWLEDGE.labels("retracted").inc()
+
     async def on_answered(decoded: Decoded[QueryAnswered]) -> Rejected:
-        store.add_answers(
-            [
-                answered_record(
-                    event,
-                    max_context_chunks=settings.max_context_chunks,
-                    support_threshold=settings.sentence_support_threshold,
-                )
-                for _, event in decoded
-                if served("answered", event.meta.tenant_id)
-            ]
-        )
+        answers = [
+            answered_record(
+                event,
+                max_context_chunks=settings.max_context_chunks,
+                support_threshold=settings.sentence_support_threshold,
+            )
+            for _, event in decoded
+            if served("answered", event.meta.tenant_id)
+        ]
+        store.add_answers(answers)
+        # Feedback that arrived before its answer waited for it.
+        await update_knowledge((a.tenant_id, a.correlation_id) for a in answers)
         return []
 
     async def on_feedback(decoded: Decoded[FeedbackRecorded]) -> Rejected:
-        store.add_feedback([feedback_record(e) for _, e in decoded if served("feedback", e.meta.tenant_id)])
+        items = [feedback_record(e) for _, e in decoded if served("feedback", e.meta.tenant_id)]
+        store.add_feedback(items)
+        await update_knowledge(dict.fromkeys((f.tenant_id, f.correlation_id) for f in items))
         return []
 
     async def on_alert(decoded: Decoded[QualityAlert]) -> Rejected:

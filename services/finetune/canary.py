@@ -9,14 +9,17 @@ mean groundedness, and feedback (thumbs down, ratings). `decide` turns the two s
   (``max_rating_drop``), groundedness (``max_groundedness_drop``), error rate
   (``max_error_rate_increase``). A stable side without feedback counts as no thumbs down and the
   canary's own mean rating is then compared with ``min_mean_rating``.
-- ``widen`` (full rollout) once the canary has served ``full_rollout_requests`` requests and got
-  ``min_feedback`` feedback events without any regression.
+- ``widen`` (to the next rollout stage, or the full rollout after the last) once the canary has
+  served ``stage_requests`` requests and got ``min_feedback`` feedback events at its current share
+  without any regression. Regressions are judged on everything since the promotion; the evidence to
+  widen is counted per stage, so each larger share is earned at the share before it.
 - ``wait`` otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,10 +55,10 @@ class CanaryPolicy:
     min_mean_rating: float = 2.5  # the canary's floor when stable has no rating to compare with
     max_groundedness_drop: float = 0.15
     max_error_rate_increase: float = 0.05
-    full_rollout_requests: int = 200
+    stage_requests: int = 200  # canary requests at one share before it is widened to the next
 
     def __post_init__(self) -> None:
-        if min(self.min_requests, self.min_feedback, self.full_rollout_requests) < 1:
+        if min(self.min_requests, self.min_feedback, self.stage_requests) < 1:
             raise ValueError("canary sample sizes must be at least 1")
         thresholds = (
             self.max_down_share_increase,
@@ -65,6 +68,16 @@ class CanaryPolicy:
         )
         if min(thresholds) < 0:
             raise ValueError("canary thresholds must be >= 0")
+
+
+def check_stages(stages: Sequence[float]) -> tuple[float, ...]:
+    """Canary stages: traffic shares strictly increasing within (0, 1) (the full rollout follows)."""
+    checked = tuple(float(share) for share in stages)
+    if any(not 0.0 < share < 1.0 for share in checked):
+        raise ValueError(f"canary stages {list(checked)} must lie in (0, 1); 1.0 (full) follows the last")
+    if any(b <= a for a, b in itertools.pairwise(checked)):
+        raise ValueError(f"canary stages {list(checked)} must increase")
+    return checked
 
 
 @dataclass(frozen=True)
@@ -118,23 +131,31 @@ def regressions(canary: VersionStats, stable: VersionStats, policy: CanaryPolicy
     return found
 
 
-def decide(canary: VersionStats, stable: VersionStats, policy: CanaryPolicy) -> Verdict:
+def decide(
+    canary: VersionStats,
+    stable: VersionStats,
+    policy: CanaryPolicy,
+    at_stage: VersionStats | None = None,
+) -> Verdict:
+    """The verdict on `canary` vs `stable` (both since the promotion); `at_stage` is the canary since
+    its current share began (None: the same as `canary`, e.g. at the first stage)."""
     worse = regressions(canary, stable, policy)
     if worse:
         return Verdict("rollback", tuple(worse))
-    if canary.requests >= policy.full_rollout_requests and canary.feedback >= policy.min_feedback:
+    stage = at_stage or canary
+    if stage.requests >= policy.stage_requests and stage.feedback >= policy.min_feedback:
         return Verdict(
             "widen",
             (
-                f"{canary.requests} requests and {canary.feedback} feedback events without a regression "
-                f"(thumbs-down share {canary.down_share:.2f} vs stable {stable.down_share:.2f})",
+                f"{stage.requests} requests and {stage.feedback} feedback events at this share without a "
+                f"regression (thumbs-down share {canary.down_share:.2f} vs stable {stable.down_share:.2f})",
             ),
         )
     return Verdict(
         "wait",
         (
-            f"canary: {canary.requests} requests, {canary.feedback} feedback events "
-            f"(widening needs {policy.full_rollout_requests} and {policy.min_feedback})",
+            f"canary at this share: {stage.requests} requests, {stage.feedback} feedback events "
+            f"(widening needs {policy.stage_requests} and {policy.min_feedback})",
         ),
     )
 

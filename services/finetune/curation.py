@@ -161,6 +161,23 @@ def latest_feedback(feedback: Iterable[Feedback]) -> dict[tuple[str, str], Feedb
     return latest
 
 
+Judgement = Literal["correction", "accepted", "rejected", "none"]
+
+
+def judge(feedback: Feedback | None, min_accept_rating: int) -> Judgement:
+    """What one feedback says of its answer (rules 2 and 3): a correction wins, then thumbs down or a
+    low rating rejects, thumbs up or a high rating accepts; no feedback or neither says nothing."""
+    if feedback is None:
+        return "none"
+    if feedback.correction.strip():
+        return "correction"
+    if feedback.verdict == VERDICT_DOWN or 0 < feedback.rating < min_accept_rating:
+        return "rejected"
+    if feedback.verdict == VERDICT_UP or feedback.rating >= min_accept_rating:
+        return "accepted"
+    return "none"
+
+
 def select_examples(
     answers: Iterable[Answered], feedback: Iterable[Feedback], policy: CurationPolicy
 ) -> tuple[list[Example], CurationStats]:
@@ -175,16 +192,14 @@ def select_examples(
         verdict = verdicts.get(key)
         source: Source
         answer = answered.answer
-        if verdict is not None and verdict.correction.strip():
+        judged = judge(verdict, policy.min_accept_rating)
+        if judged == "correction":
+            assert verdict is not None
             source, answer = "correction", verdict.correction.strip()
-        elif verdict is not None and (
-            verdict.verdict == VERDICT_DOWN or 0 < verdict.rating < policy.min_accept_rating
-        ):
+        elif judged == "rejected":
             stats.rejected_by_feedback += 1
             continue
-        elif verdict is not None and (
-            verdict.verdict == VERDICT_UP or verdict.rating >= policy.min_accept_rating
-        ):
+        elif judged == "accepted":
             source = "accepted"
         elif answered.groundedness is not None and answered.groundedness >= policy.groundedness_threshold:
             source = "grounded"

@@ -1,4 +1,4 @@
-"""Promotion and rollback: numbered versions in Triton's writable model repository, a canary share first.
+"""Promotion and rollback: numbered versions in Triton's writable model repository, staged canary shares.
 
 - `ModelRepository` writes a version as `<repo>/<model>/<N>` (`model.py`, `base/`, `adapter/`,
   `manifest.json`): into a temporary folder `<repo>/<model>/.tmp-<N>-*` (same filesystem; Triton
@@ -9,15 +9,16 @@
 - `Promoter.on_succeeded` (the scheduler's hook) promotes a job the gate passed: write version N+1,
   load it through Triton's model-control API (the model's version policy serves every version, so
   stable and canary run side by side), check that version N+1 is READY and answers a smoke
-  inference, and only then publish `ModelVersionPromoted(traffic_share=canary_share)`; the
+  inference, and only then publish `ModelVersionPromoted(traffic_share=<first canary stage>)`; the
   generators shift that share of traffic to it. A version that fails to load or to answer is moved
   aside (`.failed-<N>`), the model reloaded without it, and nothing is published.
 - `Promoter.watch_once` (every `canary_check_interval_s`) compares canary and stable from the
   monitor's ops API since the promotion (`services.finetune.canary`): a regression past a threshold
   publishes `ModelVersionRolledBack` (generators route back to stable; the version is unloaded after
-  `retire_grace_s`), a canary as good after enough traffic is widened to the full rollout
-  (`ModelVersionPromoted(traffic_share=1.0)`), and the adapter serving then becomes "current" for
-  the next job's gate.
+  `retire_grace_s`); a canary as good after enough traffic at its share is widened to the next
+  stage (`ModelVersionPromoted` with the larger share; the generators keep its requests on it), and
+  after the last stage to the full rollout (`traffic_share=1.0`); its adapter then becomes "current"
+  for the next job's gate.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,7 +47,14 @@ from prometheus_client import Counter, Gauge
 from tritonclient.utils import InferenceServerException
 
 from services.finetune import model as base_models
-from services.finetune.canary import CanaryPolicy, Verdict, VersionStats, decide, version_stats
+from services.finetune.canary import (
+    CanaryPolicy,
+    Verdict,
+    VersionStats,
+    check_stages,
+    decide,
+    version_stats,
+)
 from services.finetune.curation import fsync_dir
 from services.finetune.runner import RunResult
 from services.finetune.store import (
@@ -342,7 +350,7 @@ class Promoter:
         publish: PublishEvent,
         *,
         models_dir: Path,
-        canary_share: float,
+        canary_stages: Sequence[float],
         policy: CanaryPolicy,
         producer: str,
         promoted_topic: str,
@@ -350,15 +358,13 @@ class Promoter:
         retire_grace_s: float = 30.0,
         threads: int = 2,
     ) -> None:
-        if not 0.0 < canary_share <= 1.0:
-            raise ValueError(f"canary share {canary_share} is not in (0, 1]")
+        self.stages = check_stages(canary_stages)
         self.store = store
         self.repository = repository
         self.control = control
         self.monitor = monitor
         self.publish = publish
         self.models_dir = models_dir
-        self.canary_share = canary_share
         self.policy = policy
         self.producer = producer
         self.promoted_topic = promoted_topic
@@ -464,12 +470,13 @@ class Promoter:
                 )
             )
             return None
-        full = self.canary_share >= 1.0
+        full = not self.stages
+        share = 1.0 if full else self.stages[0]
         record = ModelVersionRecord(
             self.model,
             version,
             STABLE if full else CANARY,
-            self.canary_share,
+            share,
             job.job_id,
             job.tenant_id,
             str(self.repository.adapter_of(version) or ""),
@@ -480,13 +487,13 @@ class Promoter:
         self.store.save_version(record)
         await self._publish_promoted(record, stable, job.metrics)
         PROMOTIONS.labels("full" if full else "canary").inc()
-        CANARY_SHARE.set(0.0 if full else self.canary_share)
+        CANARY_SHARE.set(0.0 if full else share)
         log.info(
             "version promoted",
             extra={
                 "model": self.model,
                 "version": version,
-                "traffic_share": self.canary_share,
+                "traffic_share": share,
                 "job_id": job.job_id,
                 "smoke_output": sample[:80],
             },
@@ -520,18 +527,17 @@ class Promoter:
             canary, stable = self.canary(), self.stable()
             if canary is None or stable is None:
                 return None
-            stats = await self.monitor.stats(
-                canary.tenant_id,
-                canary.promoted_ms,
-                self.model,
-                [str(canary.version), str(stable.version)],
-            )
-            verdict = decide(stats[str(canary.version)], stats[str(stable.version)], self.policy)
+            versions = [str(canary.version), str(stable.version)]
+            stats = await self.monitor.stats(canary.tenant_id, canary.promoted_ms, self.model, versions)
+            # Evidence to widen counts from when the current share began (the promotion, at first).
+            at_share = await self.monitor.stats(canary.tenant_id, canary.updated_ms, self.model, versions[:1])
+            verdict = decide(stats[versions[0]], stats[versions[1]], self.policy, at_share[versions[0]])
             log.info(
                 "canary checked",
                 extra={
                     "model": self.model,
                     "canary": canary.version,
+                    "share": canary.traffic_share,
                     "stable": stable.version,
                     "action": verdict.action,
                     "reasons": verdict.summary,
@@ -584,6 +590,19 @@ class Promoter:
                 log.info("rolled-back version unloaded", extra={"model": self.model, "version": version})
 
     async def _widen(self, canary: ModelVersionRecord, stable: ModelVersionRecord) -> None:
+        """The next stage's share, or the full rollout after the last stage."""
+        larger = [share for share in self.stages if share > canary.traffic_share]
+        if larger:
+            canary.traffic_share = larger[0]
+            self.store.save_version(canary)  # updated_ms: when this share began
+            await self._publish_promoted(canary, stable)
+            PROMOTIONS.labels("widened").inc()
+            CANARY_SHARE.set(canary.traffic_share)
+            log.info(
+                "canary widened to the next stage",
+                extra={"model": self.model, "version": canary.version, "traffic_share": canary.traffic_share},
+            )
+            return
         stable.state, stable.traffic_share = SUPERSEDED, 0.0
         canary.state, canary.traffic_share = STABLE, 1.0
         self.store.save_version(stable)

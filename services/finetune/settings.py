@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.finetune.canary import CanaryPolicy
+from services.finetune.canary import CanaryPolicy, check_stages
 from services.finetune.curation import CurationPolicy
 from services.finetune.evaluation import GateConfig
 from services.finetune.jobs import TrainingParams
@@ -49,6 +49,11 @@ class FinetuneSettings(ServiceSettings):
 
     # --- curation
     min_accept_rating: int = Field(default=4, description="A rating at or above this accepts an answer.")
+    index_approved_interactions: bool = Field(
+        default=True,
+        description="Publish answers feedback approved (question + approved answer) as documents of "
+        "their tenant, so later queries can be grounded in them; a later rejection retracts them.",
+    )
     groundedness_threshold: float = Field(
         default=0.8,
         description="Answers without feedback are curated when their groundedness is at least this.",
@@ -132,8 +137,10 @@ class FinetuneSettings(ServiceSettings):
     monitor_grpc_url: str = Field(
         default="127.0.0.1:50055", description="The monitor's ops gRPC API (canary vs stable statistics)."
     )
-    canary_share: float = Field(
-        default=0.1, description="Traffic share a promoted version gets first, in (0, 1]; 1 skips the canary."
+    canary_stages: list[float] = Field(
+        default=[0.1, 0.5],
+        description="Traffic shares a promoted version goes through, increasing, each in (0, 1) (JSON list); "
+        "after the last, the full rollout. [] skips the canary.",
     )
     canary_check_interval_s: float = Field(
         default=30.0, description="How often the canary is compared with stable."
@@ -159,8 +166,9 @@ class FinetuneSettings(ServiceSettings):
     canary_max_error_rate_increase: float = Field(
         default=0.05, description="Rollback when the canary's error rate exceeds stable's by more."
     )
-    canary_full_rollout_requests: int = Field(
-        default=200, description="Canary requests without a regression before the full rollout."
+    canary_stage_requests: int = Field(
+        default=200,
+        description="Canary requests at one share, without a regression, before it is widened to the next.",
     )
     retire_grace_s: float = Field(
         default=30.0, description="A rolled-back version stays loaded this long before it is unloaded."
@@ -217,6 +225,11 @@ class FinetuneSettings(ServiceSettings):
             threads=self.train_threads,
         )
 
+    @field_validator("canary_stages")
+    @classmethod
+    def _stages_increase_within_0_1(cls, stages: list[float]) -> list[float]:
+        return list(check_stages(stages))
+
     def canary_policy(self) -> CanaryPolicy:
         return CanaryPolicy(
             min_requests=self.canary_min_requests,
@@ -226,7 +239,7 @@ class FinetuneSettings(ServiceSettings):
             min_mean_rating=self.canary_min_mean_rating,
             max_groundedness_drop=self.canary_max_groundedness_drop,
             max_error_rate_increase=self.canary_max_error_rate_increase,
-            full_rollout_requests=self.canary_full_rollout_requests,
+            stage_requests=self.canary_stage_requests,
         )
 
     def gate_config(self) -> GateConfig:

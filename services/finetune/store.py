@@ -77,7 +77,7 @@ class JobRecord:
     artifact_uri: str = ""
     error: str = ""
     created_ms: int = 0
-    updated_ms: int = 0
+    updated_ms: int = 0  # last change; for a canary: when its current traffic share began
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,14 @@ class ModelVersionRecord:
     adapter_dir: str = ""  # "" for the base model
     reason: str = ""  # why it was rolled back or failed
     promoted_ms: int = 0
-    updated_ms: int = 0
+    updated_ms: int = 0  # last change; for a canary: when its current traffic share began
+
+
+def _narrowed(query: str, tenant_id: str, correlation_id: str | None) -> tuple[str, tuple[str, ...]]:
+    """`query` (filtered on tenant_id) further narrowed to one correlation id when one is given."""
+    if correlation_id is None:
+        return query, (tenant_id,)
+    return f"{query} AND correlation_id = ?", (tenant_id, correlation_id)
 
 
 class FinetuneStore:
@@ -197,20 +204,24 @@ class FinetuneStore:
                 (job_id, tenant_id),
             )
 
-    def answers(self, tenant_id: str) -> list[Answered]:
+    def answers(self, tenant_id: str, correlation_id: str | None = None) -> list[Answered]:
+        """The tenant's stored answers (only the one of `correlation_id` when given)."""
+        query = (
+            "SELECT tenant_id, correlation_id, question, answer, context, groundedness, occurred_ms, "
+            "model_name, model_version FROM answers WHERE tenant_id = ?"
+        )
         with self._tx() as conn:
-            rows = conn.execute(
-                "SELECT tenant_id, correlation_id, question, answer, context, groundedness, occurred_ms, "
-                "model_name, model_version FROM answers WHERE tenant_id = ?",
-                (tenant_id,),
-            ).fetchall()
+            rows = conn.execute(*_narrowed(query, tenant_id, correlation_id)).fetchall()
         return [
             Answered(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], r[7], r[8]) for r in rows
         ]
 
-    def feedback(self, tenant_id: str) -> list[Feedback]:
+    def feedback(self, tenant_id: str, correlation_id: str | None = None) -> list[Feedback]:
+        """The tenant's stored feedback (only that on `correlation_id` when given)."""
         with self._tx() as conn:
-            rows = conn.execute("SELECT * FROM feedback WHERE tenant_id = ?", (tenant_id,)).fetchall()
+            rows = conn.execute(
+                *_narrowed("SELECT * FROM feedback WHERE tenant_id = ?", tenant_id, correlation_id)
+            ).fetchall()
         return [Feedback(*r) for r in rows]
 
     def prune(self, older_than_ms: int) -> int:

@@ -114,12 +114,12 @@ def loop(
             "LLMOPS_FINETUNE_GATE_MARGIN": "0.0",
             "LLMOPS_FINETUNE_GATE_REGRESSION_TOLERANCE": "100",
             "LLMOPS_FINETUNE_GATE_MAX_LATENCY_RATIO": "100",
-            "LLMOPS_FINETUNE_CANARY_SHARE": "0.5",
+            "LLMOPS_FINETUNE_CANARY_STAGES": "[0.5]",
             "LLMOPS_FINETUNE_CANARY_CHECK_INTERVAL_S": "1",
             "LLMOPS_FINETUNE_CANARY_MIN_FEEDBACK": "3",
             # Only feedback decides here: both versions of a model this small answer poorly.
             "LLMOPS_FINETUNE_CANARY_MIN_REQUESTS": "1000",
-            "LLMOPS_FINETUNE_CANARY_FULL_ROLLOUT_REQUESTS": "1000",
+            "LLMOPS_FINETUNE_CANARY_STAGE_REQUESTS": "1000",
             "LLMOPS_FINETUNE_RETIRE_GRACE_S": "3",
         }
         with platform_services(
@@ -279,3 +279,51 @@ async def test_feedback_to_promotion_to_canary_to_rollback(loop: Loop) -> None: 
     timings["back_on_v1"] = time.monotonic() - started
     print(f"\nloop timings (s since start): { {k: round(v, 1) for k, v in timings.items()} }")
     print(f"canary share observed {share:.2f} over {len(served)} requests; rollback: {rolled_back[0].reason}")
+
+
+async def asked_context_sources(loop: Loop, question: str) -> set[str]:
+    [answer] = await ask(loop, [question])
+    return {chunk.source_uri for chunk in answer.context}
+
+
+async def wait_context(loop: Loop, question: str, until: Any, timeout_s: float) -> set[str]:
+    """The sources of `question`'s retrieved context, asked again until `until(sources)`."""
+    deadline = time.monotonic() + timeout_s
+    sources = await asked_context_sources(loop, question)
+    while not until(sources) and time.monotonic() < deadline:
+        await asyncio.sleep(1)
+        sources = await asked_context_sources(loop, question)
+    return sources
+
+
+async def test_approved_answers_ground_later_queries_until_retracted(loop: Loop) -> None:
+    """An answer feedback approved (here: corrected) becomes a document of the tenant: later questions
+    retrieve it as context (source `feedback:<correlation id>`); thumbs down afterwards retracts it."""
+    question = "What is the capital of the fictional country Zembla?"
+    [answer] = await ask(loop, [question])
+    source = f"feedback:{answer.correlation_id}"
+    assert source not in {c.source_uri for c in answer.context}
+    await feedback(
+        loop,
+        [
+            feedback_pb.SubmitFeedbackRequest(
+                correlation_id=answer.correlation_id, rating=5, correction="The capital of Zembla is Onhava."
+            )
+        ],
+    )
+    sources = await wait_context(loop, question, lambda s: source in s, 60)
+    assert source in sources, f"{sources}\n{loop.logs('finetune', 'embedder', 'retriever')}"
+    [later] = await ask(loop, ["Which city is Zembla's capital?"])
+    knowledge = [c for c in later.context if c.source_uri == source]
+    assert knowledge and "Onhava" in knowledge[0].text, later.context
+
+    await feedback(
+        loop,
+        [
+            feedback_pb.SubmitFeedbackRequest(
+                correlation_id=answer.correlation_id, verdict=Verdict.VERDICT_DOWN
+            )
+        ],
+    )
+    sources = await wait_context(loop, question, lambda s: source not in s, 60)
+    assert source not in sources, f"{sources}\n{loop.logs('finetune', 'retriever')}"

@@ -6,7 +6,7 @@ import pytest
 
 from services.finetune.canary import CanaryPolicy, VersionStats, decide, version_stats
 
-POLICY = CanaryPolicy(min_requests=10, min_feedback=4, full_rollout_requests=50)
+POLICY = CanaryPolicy(min_requests=10, min_feedback=4, stage_requests=50)
 GOOD = VersionStats(
     requests=100, failed=1, scored=90, groundedness=0.8, feedback=20, down=2, rated=10, mean_rating=4.2
 )
@@ -90,3 +90,18 @@ def test_version_stats_from_monitor_rows() -> None:
     )
     assert stats.error_rate == pytest.approx(1 / 3) and stats.down_share == 0.5
     assert version_stats([], [], "m", "3") == VersionStats()
+
+
+def test_widening_counts_the_evidence_at_the_current_share_only() -> None:
+    """Since the promotion the canary has plenty; at its new (larger) share too little yet: wait."""
+    since_promotion = VersionStats(requests=80, scored=80, groundedness=0.8, feedback=8, down=1)
+    at_stage = VersionStats(requests=20, scored=20, groundedness=0.8, feedback=2)
+    assert decide(since_promotion, GOOD, POLICY).action == "widen"
+    verdict = decide(since_promotion, GOOD, POLICY, at_stage=at_stage)
+    assert verdict.action == "wait" and "20 requests" in verdict.summary
+
+
+def test_regressions_are_judged_on_everything_since_the_promotion() -> None:
+    since_promotion = VersionStats(requests=80, feedback=10, down=8)
+    fine_at_stage = VersionStats(requests=60, feedback=5, down=0)
+    assert decide(since_promotion, GOOD, POLICY, at_stage=fine_at_stage).action == "rollback"

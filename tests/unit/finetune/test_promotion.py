@@ -4,6 +4,7 @@ fake Triton control, a fake monitor and a recording publisher."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +114,17 @@ class FakeControl:
 class FakeMonitor:
     def __init__(self) -> None:
         self.by_version: dict[str, VersionStats] = {}
+        self.asked: list[tuple[int, list[str]]] = []  # (since_ms, versions) of each call
 
     async def stats(
         self, tenant_id: str, since_ms: int, model: str, versions: list[str]
     ) -> dict[str, VersionStats]:
+        self.asked.append((since_ms, versions))
         return {v: self.by_version.get(v, VersionStats()) for v in versions}
 
 
 class Setup:
-    def __init__(self, tmp_path: Path, base_dir: Path, share: float = 0.2) -> None:
+    def __init__(self, tmp_path: Path, base_dir: Path, stages: tuple[float, ...] = (0.2,)) -> None:
         self.store = FinetuneStore(None)
         self.repo = ModelRepository(tmp_path / "repo", MODEL)
         self.control = FakeControl(self.repo)
@@ -138,8 +141,8 @@ class Setup:
             self.monitor,
             publish,
             models_dir=base_dir.parent,
-            canary_share=share,
-            policy=CanaryPolicy(min_requests=5, min_feedback=3, full_rollout_requests=10),
+            canary_stages=stages,
+            policy=CanaryPolicy(min_requests=5, min_feedback=3, stage_requests=10),
             producer="finetune",
             promoted_topic="promoted",
             rolled_back_topic="rolled-back",
@@ -148,12 +151,21 @@ class Setup:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Setup:
+def make_setup(
+    tmp_path: Path, base_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[tuple[float, ...]], Setup]:
+    """A Setup with the given canary stages (the base model comes from the test's cache)."""
+
     async def cached(models_dir: Path, threads: int) -> Path:
         return base_dir
 
     monkeypatch.setattr(promotion, "_ensure_base_model_in_subprocess", cached)
-    return Setup(tmp_path, base_dir)
+    return lambda stages: Setup(tmp_path, base_dir, stages)
+
+
+@pytest.fixture
+def setup(make_setup: Callable[[tuple[float, ...]], Setup]) -> Setup:
+    return make_setup((0.2,))
 
 
 def job(job_id: str = "ft-1") -> JobRecord:
@@ -257,14 +269,37 @@ async def test_a_good_canary_is_widened_and_becomes_current(setup: Setup, adapte
     assert setup.promoter.current_adapter("t1") == str(setup.repo.version_dir(2) / "adapter")
 
 
-async def test_a_full_share_promotes_without_a_canary(
-    tmp_path: Path, base_dir: Path, adapter_dir: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_staged_canary_widens_stage_by_stage_on_evidence_at_each_share(
+    make_setup: Callable[[tuple[float, ...]], Setup], adapter_dir: Path
 ) -> None:
-    async def cached(models_dir: Path, threads: int) -> Path:
-        return base_dir
+    staged = make_setup((0.1, 0.5))
+    await staged.promoter.bootstrap()
+    await staged.promoter.on_succeeded(job(), passed(adapter_dir))
+    staged.monitor.by_version = {
+        "2": VersionStats(requests=12, scored=12, groundedness=0.9, feedback=3, down=0),
+        "1": VersionStats(requests=40, scored=40, groundedness=0.9, feedback=8, down=1),
+    }
+    shares = [e.traffic_share for _, e, _ in staged.events if isinstance(e, ModelVersionPromoted)]
+    assert shares == [pytest.approx(0.1)]
+    verdict = await staged.promoter.watch_once()
+    assert verdict is not None and verdict.action == "widen"
+    canary = staged.promoter.canary()
+    assert canary is not None and canary.traffic_share == pytest.approx(0.5)  # still a canary
+    assert staged.promoter.current_adapter("t1") == ""
+    # At the new share the evidence is counted from when it began.
+    staged.monitor.asked.clear()
+    assert (await staged.promoter.watch_once()).action == "widen"  # type: ignore[union-attr]
+    assert staged.monitor.asked == [(canary.promoted_ms, ["2", "1"]), (canary.updated_ms, ["2"])]
+    shares = [e.traffic_share for _, e, _ in staged.events if isinstance(e, ModelVersionPromoted)]
+    assert shares == [pytest.approx(0.1), pytest.approx(0.5), 1.0]
+    states = {v.version: v.state for v in staged.store.versions(MODEL)}
+    assert states == {1: SUPERSEDED, 2: STABLE}
 
-    monkeypatch.setattr(promotion, "_ensure_base_model_in_subprocess", cached)
-    full = Setup(tmp_path, base_dir, share=1.0)
+
+async def test_no_stages_promote_without_a_canary(
+    make_setup: Callable[[tuple[float, ...]], Setup], adapter_dir: Path
+) -> None:
+    full = make_setup(())
     await full.promoter.bootstrap()
     await full.promoter.on_succeeded(job(), passed(adapter_dir))
     assert full.promoter.canary() is None
@@ -273,14 +308,15 @@ async def test_a_full_share_promotes_without_a_canary(
     assert full.promoter.current_adapter("t1") == str(full.repo.version_dir(2) / "adapter")
 
 
-def test_promoter_refuses_a_bad_share(setup: Setup) -> None:
+@pytest.mark.parametrize("stages", [(0.0,), (0.5, 1.0), (0.5, 0.2), (0.3, 0.3)])
+def test_promoter_refuses_bad_stages(setup: Setup, stages: tuple[float, ...]) -> None:
     kwargs: dict[str, Any] = {
         "models_dir": Path("."),
-        "canary_share": 0.0,
+        "canary_stages": stages,
         "policy": CanaryPolicy(),
         "producer": "p",
         "promoted_topic": "a",
         "rolled_back_topic": "b",
     }
-    with pytest.raises(ValueError, match="canary share"):
+    with pytest.raises(ValueError, match="canary stages"):
         Promoter(setup.store, setup.repo, setup.control, setup.monitor, setup.promoter.publish, **kwargs)
