@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -39,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from services.finetune.files import staged_dir
 from services.finetune.pii import ScrubReport, scrub
 
 Source = Literal["correction", "accepted", "grounded"]
@@ -364,40 +362,6 @@ def curate(
 # --- files -------------------------------------------------------------------------------------------
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def publish_dir(tmp: Path, final: Path) -> bool:
-    """Rename the complete folder `tmp` to `final` (same filesystem), fsyncing the parent; False when
-    `final` already exists (then `tmp` is removed: the content is the same by construction)."""
-    for child in tmp.iterdir():
-        if child.is_file():
-            with child.open("rb") as f:
-                os.fsync(f.fileno())
-    fsync_dir(tmp)
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if final.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-            return False
-        raise
-    fsync_dir(final.parent)
-    return True
-
-
 def dataset_dir(root: Path, tenant_id: str, version: str) -> Path:
     return root / tenant_id / version
 
@@ -407,19 +371,10 @@ def write_dataset(dataset: Dataset, root: Path) -> Path:
     final = dataset_dir(root, dataset.tenant_id, dataset.version)
     if final.is_dir():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dataset.version}-", dir=final.parent))
-    try:
-        write_file_synced(tmp / "train.jsonl", _jsonl(dataset.train))
-        write_file_synced(tmp / "eval.jsonl", _jsonl(dataset.eval))
-        write_file_synced(
-            tmp / "manifest.json", json.dumps(dataset.manifest, indent=2, sort_keys=True).encode()
-        )
-        tmp.chmod(0o755)
-        publish_dir(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with staged_dir(final, label=dataset.version) as staging:
+        (staging / "train.jsonl").write_bytes(_jsonl(dataset.train))
+        (staging / "eval.jsonl").write_bytes(_jsonl(dataset.eval))
+        (staging / "manifest.json").write_text(json.dumps(dataset.manifest, indent=2, sort_keys=True))
     return final
 
 

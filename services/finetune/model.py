@@ -25,12 +25,12 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from services.finetune.files import staged_dir
 from shared.infra.paths import DEPLOY_DIR
 
 if TYPE_CHECKING:
@@ -143,20 +143,11 @@ def ensure_base_model(models_dir: Path, *, threads: int = 2) -> Path:
     with _locked(models_dir / f".{final.name}.lock"):
         if (final / "manifest.json").is_file():
             return final
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=models_dir))
-        try:
-            stats = _pretrain(tmp, threads)
-            (tmp / "manifest.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
-            from services.finetune.curation import publish_dir
-
-            for child in tmp.iterdir():
-                child.chmod(0o644)
-            tmp.chmod(0o755)
-            if final.exists():  # a folder without manifest: an older, broken attempt
-                shutil.rmtree(final)
-            publish_dir(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists():  # a folder without manifest: an older, broken attempt
+            shutil.rmtree(final)
+        with staged_dir(final, label=final.name) as staging:
+            stats = _pretrain(staging, threads)
+            (staging / "manifest.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
     return final
 
 

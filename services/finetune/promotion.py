@@ -31,7 +31,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,7 +54,7 @@ from services.finetune.canary import (
     decide,
     version_stats,
 )
-from services.finetune.curation import fsync_dir
+from services.finetune.files import fsync_dir, replace_file, staged_dir
 from services.finetune.runner import RunResult
 from services.finetune.store import (
     CANARY,
@@ -89,14 +88,6 @@ PublishEvent = Callable[[str, Message, str], Awaitable[None]]  # (topic, event, 
 
 
 # --- the writable model repository -------------------------------------------------------------------
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(folder, name), "rb") as f:
-                os.fsync(f.fileno())
-        fsync_dir(Path(folder))
 
 
 class ModelRepository:
@@ -139,12 +130,7 @@ class ModelRepository:
         config = (self.template / "config.pbtxt").read_text().replace("{name}", self.name)
         target = self.model_dir / "config.pbtxt"
         if not target.is_file() or target.read_text() != config:
-            partial = self.model_dir / ".config.pbtxt.tmp"
-            partial.write_text(config)
-            with partial.open("rb") as f:
-                os.fsync(f.fileno())
-            os.replace(partial, target)
-            fsync_dir(self.model_dir)
+            replace_file(target, config.encode())
         removed = []
         for leftover in self.model_dir.glob(".tmp-*"):
             shutil.rmtree(leftover, ignore_errors=True)
@@ -163,8 +149,9 @@ class ModelRepository:
         `before_rename(staging)` runs just before the rename (tests use it to simulate a crash)."""
         self.prepare()
         version = self.next_version()
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=self.model_dir))
-        try:
+        with staged_dir(
+            self.version_dir(version), label=str(version), before_rename=before_rename
+        ) as staging:
             shutil.copy2(self.template / "model.py", staging / "model.py")
             shutil.copytree(base_dir, staging / "base", ignore=shutil.ignore_patterns("manifest.json"))
             if adapter_dir is not None:
@@ -175,20 +162,6 @@ class ModelRepository:
                 )
             described = {**manifest, "model_name": self.name, "version": version}
             (staging / "manifest.json").write_text(json.dumps(described, indent=2, sort_keys=True))
-            for folder, dirs, files in os.walk(staging):
-                for name in dirs:
-                    os.chmod(os.path.join(folder, name), 0o755)
-                for name in files:
-                    os.chmod(os.path.join(folder, name), 0o644)
-            staging.chmod(0o755)
-            _fsync_tree(staging)
-            if before_rename is not None:
-                before_rename(staging)
-            os.rename(staging, self.version_dir(version))
-            fsync_dir(self.model_dir)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
         return version
 
     def set_aside(self, version: int, kind: str) -> None:

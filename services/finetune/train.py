@@ -18,16 +18,15 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from services.finetune.curation import Example, publish_dir, read_split, write_file_synced
+from services.finetune.curation import Example, read_split
 from services.finetune.evaluation import SideBySide, System, compare, gate, side_by_side_metrics
+from services.finetune.files import replace_file, staged_dir
 from services.finetune.jobs import JobSpec
 from services.finetune.model import (
     BASE_NAME,
@@ -116,32 +115,20 @@ def train_adapter(spec: JobSpec, base_dir: Path, train: list[Example]) -> tuple[
 def write_artifact(spec: JobSpec, peft_model: Any, metrics: dict[str, float], extra: dict[str, Any]) -> Path:
     """The adapter folder, written to a temporary folder and renamed into place (module docstring)."""
     final = spec.artifact_dir
-    final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
         raise FileExistsError(f"artifact {final} already exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{spec.job_id}-", dir=final.parent))
-    try:
-        peft_model.save_pretrained(tmp, safe_serialization=True)
+    with staged_dir(final, label=spec.job_id) as staging:
+        peft_model.save_pretrained(staging, safe_serialization=True)
         if spec.params.fail_at == "write":
             log("injected crash while writing the artifact (fail_at=write)")
             os._exit(70)  # no cleanup, no result: as a killed process leaves it
-        write_file_synced(tmp / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True).encode())
-        write_file_synced(tmp / "job.json", json.dumps(extra, indent=2, sort_keys=True).encode())
-        for child in tmp.iterdir():
-            child.chmod(0o644)
-        tmp.chmod(0o755)
-        publish_dir(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        (staging / "job.json").write_text(json.dumps(extra, indent=2, sort_keys=True))
     return final
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write_file_synced(tmp, json.dumps(result, indent=2, sort_keys=True, default=str).encode())
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(result, indent=2, sort_keys=True, default=str).encode())
 
 
 def run(spec: JobSpec) -> dict[str, Any]:
