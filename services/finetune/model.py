@@ -231,19 +231,26 @@ class TinyLM:
 
     def answer_loss(self, prompt: str, answer: str) -> tuple[float, int]:
         """Summed negative log-likelihood of " answer" + EOS after the prompt, and its token count."""
-        import torch
 
         answer_ids = [*TOKENIZER.encode(" " + answer)[:MAX_ANSWER_BYTES], EOS]
         prompt_ids = [BOS, *TOKENIZER.encode(prompt)][-(self.max_len - len(answer_ids)) :]
-        ids = torch.tensor([[*prompt_ids, *answer_ids]])
-        labels = ids.clone()
-        labels[0, : len(prompt_ids)] = -100
-        with torch.no_grad():
-            logits = self.model(input_ids=ids).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits[0, :-1].float(), labels[0, 1:], ignore_index=-100, reduction="sum"
-        )
-        return float(loss), len(answer_ids)
+        return target_nll(self.model, prompt_ids, answer_ids), len(answer_ids)
+
+
+def target_nll(model: Any, prompt_ids: Sequence[int], target_ids: Sequence[int], device: Any = None) -> float:
+    """Summed negative log-likelihood of `target_ids` after `prompt_ids` under a causal LM (the prompt
+    is masked out of the loss), computed without gradients."""
+    import torch
+
+    ids = torch.tensor([[*prompt_ids, *target_ids]], device=device)
+    labels = ids.clone()
+    labels[0, : len(prompt_ids)] = -100
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    loss = torch.nn.functional.cross_entropy(
+        logits[0, :-1].float(), labels[0, 1:], ignore_index=-100, reduction="sum"
+    )
+    return float(loss)
 
 
 def model_batch(
