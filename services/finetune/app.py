@@ -132,6 +132,7 @@ def create_app(settings: FinetuneSettings | None = None) -> FastStream:
             publish_model_event,
             models_dir=settings.models_dir,
             canary_stages=settings.canary_stages,
+            scope=settings.rollout_scope,
             policy=settings.canary_policy(),
             producer=settings.service_name,
             promoted_topic=MODEL_PROMOTED.name,

@@ -33,7 +33,7 @@ import shutil
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import grpc
 import tritonclient.grpc.aio as triton_aio
@@ -82,7 +82,11 @@ SMOKE_PROMPT = (
 PROMOTIONS = Counter(
     "llmops_finetune_promotions_total", "Promotion steps by outcome.", ["outcome"]
 )  # canary, full, rolled_back, refused, failed
-CANARY_SHARE = Gauge("llmops_finetune_canary_share", "Traffic share of the canary version (0: none).")
+CANARY_SHARE = Gauge(
+    "llmops_finetune_canary_share",
+    "Traffic share of the canary version (0: none), by rollout scope (a tenant, or 'all').",
+    ["scope"],
+)
 
 PublishEvent = Callable[[str, Message, str], Awaitable[None]]  # (topic, event, key)
 
@@ -325,6 +329,7 @@ class Promoter:
         models_dir: Path,
         canary_stages: Sequence[float],
         policy: CanaryPolicy,
+        scope: Literal["tenant", "all"] = "tenant",
         producer: str,
         promoted_topic: str,
         rolled_back_topic: str,
@@ -332,6 +337,7 @@ class Promoter:
         threads: int = 2,
     ) -> None:
         self.stages = check_stages(canary_stages)
+        self.scope = scope
         self.store = store
         self.repository = repository
         self.control = control
@@ -354,17 +360,31 @@ class Promoter:
 
     # --- state ------------------------------------------------------------------------------------
 
-    def stable(self) -> ModelVersionRecord | None:
-        found = self.store.versions(self.model, states=(STABLE,))
-        return found[0] if found else None
+    def scope_of(self, tenant_id: str) -> str:
+        """Whose traffic a version trained on `tenant_id`'s data moves: that tenant's ("tenant" scope:
+        one tenant's fine-tuned model never answers another tenant), or everyone's ("")."""
+        return tenant_id if self.scope == "tenant" else ""
 
-    def canary(self) -> ModelVersionRecord | None:
-        found = self.store.versions(self.model, states=(CANARY,))
+    def _versions(self, state: str, scope: str) -> list[ModelVersionRecord]:
+        return [
+            v for v in self.store.versions(self.model, states=(state,)) if self.scope_of(v.tenant_id) == scope
+        ]
+
+    def stable(self, scope: str = "") -> ModelVersionRecord | None:
+        """The version serving `scope` ("" everyone): its own stable version, else the global one."""
+        found = self._versions(STABLE, scope)
+        if found:
+            return found[0]
+        return self.stable("") if scope else None
+
+    def canary(self, scope: str = "") -> ModelVersionRecord | None:
+        found = self._versions(CANARY, scope)
         return found[0] if found else None
 
     def current_adapter(self, tenant_id: str) -> str:
-        """The adapter of the stable version ("" = the base model): what the next job must beat."""
-        stable = self.stable()
+        """The adapter of the version serving the tenant ("" = the base model): what its next job must
+        beat."""
+        stable = self.stable(self.scope_of(tenant_id))
         return stable.adapter_dir if stable is not None else ""
 
     # --- start: version 1 and Triton ---------------------------------------------------------------
@@ -396,8 +416,8 @@ class Promoter:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        canary = self.canary()
-        CANARY_SHARE.set(canary.traffic_share if canary else 0.0)
+        for canary in self.store.versions(self.model, states=(CANARY,)):
+            self._set_canary_gauge(canary, canary.traffic_share)
         self.bootstrapped.set()
         log.info("serving model loaded", extra={"model": self.model, "versions": self.repository.versions()})
 
@@ -413,7 +433,8 @@ class Promoter:
             await self._promote(job, result)
 
     async def _promote(self, job: JobRecord, result: RunResult) -> ModelVersionRecord | None:
-        active = self.canary()
+        scope = self.scope_of(job.tenant_id)
+        active = self.canary(scope)
         if active is not None:
             PROMOTIONS.labels("refused").inc()
             log.warning(
@@ -421,7 +442,7 @@ class Promoter:
                 extra={"job_id": job.job_id, "canary_version": active.version},
             )
             return None
-        stable = self.stable()
+        stable = self.stable(scope)
         base = await _ensure_base_model_in_subprocess(self.models_dir, self.threads)
         adapter = Path(result.artifact_dir)
         manifest = {"job_id": job.job_id, "tenant_id": job.tenant_id, "base_model": base.name}
@@ -454,13 +475,12 @@ class Promoter:
             job.tenant_id,
             str(self.repository.adapter_of(version) or ""),
         )
-        if full and stable is not None:
-            stable.state, stable.traffic_share = SUPERSEDED, 0.0
-            self.store.save_version(stable)
+        if full:
+            self._supersede(stable, scope)
         self.store.save_version(record)
         await self._publish_promoted(record, stable, job.metrics)
         PROMOTIONS.labels("full" if full else "canary").inc()
-        CANARY_SHARE.set(0.0 if full else share)
+        self._set_canary_gauge(record, 0.0 if full else share)
         log.info(
             "version promoted",
             extra={
@@ -472,6 +492,16 @@ class Promoter:
             },
         )
         return record
+
+    def _set_canary_gauge(self, version: ModelVersionRecord, share: float) -> None:
+        CANARY_SHARE.labels(self.scope_of(version.tenant_id) or "all").set(share)
+
+    def _supersede(self, previous: ModelVersionRecord | None, scope: str) -> None:
+        """The full rollout in `scope` retires the version that served it there; a global version
+        that served the tenant only as the fallback keeps serving everyone else."""
+        if previous is not None and self.scope_of(previous.tenant_id) == scope:
+            previous.state, previous.traffic_share = SUPERSEDED, 0.0
+            self.store.save_version(previous)
 
     async def _publish_promoted(
         self,
@@ -489,38 +519,45 @@ class Promoter:
             traffic_share=record.traffic_share,
             job_id=record.job_id,
             eval_metrics={k: v for k, v in (metrics or {}).items() if k.startswith(("heldout_", "gate_"))},
+            scope_tenant_id=self.scope_of(record.tenant_id),
         )
         await self.publish(self.promoted_topic, event, self.model)
 
     # --- the canary watch -----------------------------------------------------------------------------
 
-    async def watch_once(self) -> Verdict | None:
-        """Compare the canary with stable once and act on the verdict (None: no canary)."""
+    async def watch_once(self) -> list[Verdict]:
+        """Compare every canary with the stable version of its scope once and act on the verdicts."""
         async with self._lock:
-            canary, stable = self.canary(), self.stable()
-            if canary is None or stable is None:
-                return None
-            versions = [str(canary.version), str(stable.version)]
-            stats = await self.monitor.stats(canary.tenant_id, canary.promoted_ms, self.model, versions)
-            # Evidence to widen counts from when the current share began (the promotion, at first).
-            at_share = await self.monitor.stats(canary.tenant_id, canary.updated_ms, self.model, versions[:1])
-            verdict = decide(stats[versions[0]], stats[versions[1]], self.policy, at_share[versions[0]])
-            log.info(
-                "canary checked",
-                extra={
-                    "model": self.model,
-                    "canary": canary.version,
-                    "share": canary.traffic_share,
-                    "stable": stable.version,
-                    "action": verdict.action,
-                    "reasons": verdict.summary,
-                },
-            )
-            if verdict.action == "rollback":
-                await self._rollback(canary, stable, verdict.summary)
-            elif verdict.action == "widen":
-                await self._widen(canary, stable)
-            return verdict
+            verdicts = []
+            for canary in self.store.versions(self.model, states=(CANARY,)):
+                stable = self.stable(self.scope_of(canary.tenant_id))
+                if stable is not None:
+                    verdicts.append(await self._check(canary, stable))
+            return verdicts
+
+    async def _check(self, canary: ModelVersionRecord, stable: ModelVersionRecord) -> Verdict:
+        """Canary vs stable on the canary's tenant's traffic (its statistics come from the monitor)."""
+        versions = [str(canary.version), str(stable.version)]
+        stats = await self.monitor.stats(canary.tenant_id, canary.promoted_ms, self.model, versions)
+        # Evidence to widen counts from when the current share began (the promotion, at first).
+        at_share = await self.monitor.stats(canary.tenant_id, canary.updated_ms, self.model, versions[:1])
+        verdict = decide(stats[versions[0]], stats[versions[1]], self.policy, at_share[versions[0]])
+        log.info(
+            "canary checked",
+            extra={
+                "model": self.model,
+                "canary": canary.version,
+                "share": canary.traffic_share,
+                "stable": stable.version,
+                "action": verdict.action,
+                "reasons": verdict.summary,
+            },
+        )
+        if verdict.action == "rollback":
+            await self._rollback(canary, stable, verdict.summary)
+        elif verdict.action == "widen":
+            await self._widen(canary, stable)
+        return verdict
 
     async def _rollback(self, canary: ModelVersionRecord, stable: ModelVersionRecord, reason: str) -> None:
         canary.state, canary.traffic_share, canary.reason = ROLLED_BACK, 0.0, reason
@@ -533,10 +570,11 @@ class Promoter:
             model_version=str(canary.version),
             restored_version=str(stable.version),
             reason=reason,
+            scope_tenant_id=self.scope_of(canary.tenant_id),
         )
         await self.publish(self.rolled_back_topic, event, self.model)
         PROMOTIONS.labels("rolled_back").inc()
-        CANARY_SHARE.set(0.0)
+        self._set_canary_gauge(canary, 0.0)
         log.warning(
             "canary rolled back",
             extra={
@@ -570,19 +608,18 @@ class Promoter:
             self.store.save_version(canary)  # updated_ms: when this share began
             await self._publish_promoted(canary, stable)
             PROMOTIONS.labels("widened").inc()
-            CANARY_SHARE.set(canary.traffic_share)
+            self._set_canary_gauge(canary, canary.traffic_share)
             log.info(
                 "canary widened to the next stage",
                 extra={"model": self.model, "version": canary.version, "traffic_share": canary.traffic_share},
             )
             return
-        stable.state, stable.traffic_share = SUPERSEDED, 0.0
+        self._supersede(stable, self.scope_of(canary.tenant_id))
         canary.state, canary.traffic_share = STABLE, 1.0
-        self.store.save_version(stable)
         self.store.save_version(canary)
         await self._publish_promoted(canary, stable)
         PROMOTIONS.labels("full").inc()
-        CANARY_SHARE.set(0.0)
+        self._set_canary_gauge(canary, 0.0)
         log.info("canary widened to the full rollout", extra={"model": self.model, "version": canary.version})
 
     async def watch(self, interval_s: float) -> None:

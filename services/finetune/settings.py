@@ -137,6 +137,11 @@ class FinetuneSettings(ServiceSettings):
     monitor_grpc_url: str = Field(
         default="127.0.0.1:50055", description="The monitor's ops gRPC API (canary vs stable statistics)."
     )
+    rollout_scope: Literal["tenant", "all"] = Field(
+        default="tenant",
+        description="Whose traffic a version fine-tuned on one tenant's data serves: that tenant's only "
+        "(its canary, stages and full rollout; other tenants stay on their version), or every tenant's.",
+    )
     canary_stages: list[float] = Field(
         default=[0.1, 0.5],
         description="Traffic shares a promoted version goes through, increasing, each in (0, 1) (JSON list); "

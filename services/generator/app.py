@@ -85,6 +85,7 @@ def rollout_event(record: ConsumerRecord[Any, Any]) -> RolloutEvent:
             model=promoted.model_name,
             version=promoted.model_version,
             traffic_share=promoted.traffic_share,
+            tenant=promoted.scope_tenant_id,
         )
     rolled_back = parse_event(record.value, declared_type, ModelVersionRolledBack)
     return RolloutEvent(
@@ -94,6 +95,7 @@ def rollout_event(record: ConsumerRecord[Any, Any]) -> RolloutEvent:
         model=rolled_back.model_name,
         version=rolled_back.model_version,
         restored=rolled_back.restored_version,
+        tenant=rolled_back.scope_tenant_id,
     )
 
 

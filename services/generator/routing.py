@@ -1,8 +1,10 @@
 """Model routing: which Triton model (and version) serves a request.
 
-A tenant pinned to a target always gets it. Otherwise, while a canary is configured, each request
-is routed by a stable hash of its correlation id, so a request (and every redelivery of it) takes
-the same route and the shares of the split hold over many requests. Otherwise the default serves.
+A tenant pinned to a target always gets it. Otherwise a tenant with a route of its own (set by
+tenant-scoped rollouts: a version fine-tuned on one tenant's data serves that tenant only) follows it.
+Otherwise, while a canary is configured, each request is routed by a stable hash of its correlation id,
+so a request (and every redelivery of it) takes the same route and the shares of the split hold over
+many requests. Otherwise the default serves.
 
 Policies are immutable: the fine-tune scheduler's promote and rollback events build new policies
 with :meth:`RoutingPolicy.with_canary`, :meth:`RoutingPolicy.promote` and
@@ -11,17 +13,19 @@ with :meth:`RoutingPolicy.with_canary`, :meth:`RoutingPolicy.promote` and
     {"default": {"model": "gemma", "version": "1"},
      "pinned": {"tenant-a": {"model": "gemma", "version": "2"}},
      "canary": [{"model": "gemma", "version": "2", "weight": 0.1},
-                {"model": "gemma", "version": "1", "weight": 0.9}]}
+                {"model": "gemma", "version": "1", "weight": 0.9}],
+     "tenants": {"tenant-b": {"default": {"model": "gemma", "version": "3"}, "canary": []}}}
 
-``version`` may be omitted or "" (Triton's latest/default version); ``pinned`` and ``canary`` may
-be omitted.
+``version`` may be omitted or "" (Triton's latest/default version); ``pinned``, ``canary`` and
+``tenants`` may be omitted.
 
 Rollout events (`RolloutEvent`: the finetune's ModelVersionPromoted and ModelVersionRolledBack) move the
 policy: `RolloutLog` folds every event seen over the configured policy in event-time order (occurred_at,
 then event id), so every generator replica, and a replica that replays both topics after a restart in
 whatever interleaving, arrives at the same policy. An event only moves the policy when its model is the
 default's model (a promoted version replaces versions of the same model; a generator serving another
-model ignores it), and pins are never changed by events.
+model ignores it), and pins are never changed by events. An event scoped to a tenant moves only that
+tenant's route (created from the default on its first event, dropped when it is the default again).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 WEIGHT_TOLERANCE = 1e-6
@@ -73,14 +77,19 @@ class RoutingPolicy:
     default: ModelTarget
     pinned: Mapping[str, ModelTarget] = field(default_factory=dict)
     canary: Sequence[Split] = ()
+    # Routes of single tenants (tenant-scoped rollouts): a default and a canary each.
+    tenant_routes: Mapping[str, RoutingPolicy] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Own copies, so the caller's dict or list cannot change the policy afterwards.
         object.__setattr__(self, "pinned", dict(self.pinned))
         object.__setattr__(self, "canary", tuple(self.canary))
-        for tenant in self.pinned:
+        object.__setattr__(self, "tenant_routes", dict(self.tenant_routes))
+        for tenant in [*self.pinned, *self.tenant_routes]:
             if not tenant:
-                raise ValueError("a pinned tenant id is empty")
+                raise ValueError("a pinned or routed tenant id is empty")
+        if any(route.pinned or route.tenant_routes for route in self.tenant_routes.values()):
+            raise ValueError("a tenant route has only a default and a canary")
         if self.canary:
             total = math.fsum(split.weight for split in self.canary)
             if abs(total - 1.0) > WEIGHT_TOLERANCE:
@@ -94,6 +103,9 @@ class RoutingPolicy:
         pinned = self.pinned.get(tenant_id)
         if pinned is not None:
             return pinned
+        route = self.tenant_routes.get(tenant_id)
+        if route is not None:
+            return route.choose(tenant_id, correlation_id)
         if not self.canary:
             return self.default
         point = stable_fraction(correlation_id)
@@ -112,37 +124,47 @@ class RoutingPolicy:
         if new == self.default:
             raise ValueError(f"canary target {new} is already the default")
         # The new target first: raising its share keeps the requests it already had.
-        return RoutingPolicy(
-            default=self.default,
-            pinned=self.pinned,
-            canary=(Split(new, share), Split(self.default, 1.0 - share)),
-        )
+        return replace(self, canary=(Split(new, share), Split(self.default, 1.0 - share)))
 
     def promote(self, target: ModelTarget) -> RoutingPolicy:
-        """``target`` becomes the default and the canary ends; pins are kept."""
-        return RoutingPolicy(default=target, pinned=self.pinned)
+        """``target`` becomes the default and the canary ends; pins and tenant routes are kept."""
+        return replace(self, default=target, canary=())
 
     def rollback(self) -> RoutingPolicy:
-        """The canary ends and the default keeps serving; pins are kept."""
-        return RoutingPolicy(default=self.default, pinned=self.pinned)
+        """The canary ends and the default keeps serving; pins and tenant routes are kept."""
+        return replace(self, canary=())
 
     def with_pin(self, tenant_id: str, target: ModelTarget) -> RoutingPolicy:
-        return RoutingPolicy(
-            default=self.default, pinned={**self.pinned, tenant_id: target}, canary=self.canary
-        )
+        return replace(self, pinned={**self.pinned, tenant_id: target})
 
     def without_pin(self, tenant_id: str) -> RoutingPolicy:
-        pinned = {tenant: target for tenant, target in self.pinned.items() if tenant != tenant_id}
-        return RoutingPolicy(default=self.default, pinned=pinned, canary=self.canary)
+        return replace(self, pinned={t: target for t, target in self.pinned.items() if t != tenant_id})
+
+    def route_of(self, tenant_id: str) -> RoutingPolicy:
+        """The tenant's own route, or a fresh one from the default."""
+        return self.tenant_routes.get(tenant_id) or RoutingPolicy(default=self.default)
+
+    def with_route(self, tenant_id: str, route: RoutingPolicy) -> RoutingPolicy:
+        """The tenant follows `route` (dropped when it is just the default again)."""
+        routes = {t: r for t, r in self.tenant_routes.items() if t != tenant_id}
+        if route != RoutingPolicy(default=self.default):
+            routes[tenant_id] = route
+        return replace(self, tenant_routes=routes)
+
+    def _route_json(self) -> dict[str, Any]:
+        return {
+            "default": _target_json(self.default),
+            "canary": [{**_target_json(split.target), "weight": split.weight} for split in self.canary],
+        }
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "default": _target_json(self.default),
-                "pinned": {tenant: _target_json(target) for tenant, target in self.pinned.items()},
-                "canary": [{**_target_json(split.target), "weight": split.weight} for split in self.canary],
-            }
-        )
+        data = {
+            **self._route_json(),
+            "pinned": {tenant: _target_json(target) for tenant, target in self.pinned.items()},
+        }
+        if self.tenant_routes:
+            data["tenants"] = {tenant: route._route_json() for tenant, route in self.tenant_routes.items()}
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> RoutingPolicy:
@@ -151,17 +173,26 @@ class RoutingPolicy:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"routing policy is not valid JSON: {exc}") from exc
-        obj = _object(data, "routing policy", {"default", "pinned", "canary"})
+        return cls._from_obj(data, "routing policy", {"default", "pinned", "canary", "tenants"})
+
+    @classmethod
+    def _from_obj(cls, data: Any, where: str, allowed: set[str]) -> RoutingPolicy:
+        obj = _object(data, where, allowed)
         if "default" not in obj:
-            raise ValueError("routing policy has no 'default' target")
+            raise ValueError(f"{where} has no 'default' target")
         pinned = _object(obj.get("pinned", {}), "'pinned'", None)
+        tenants = _object(obj.get("tenants", {}), "'tenants'", None)
         canary = obj.get("canary", [])
         if not isinstance(canary, list):
-            raise ValueError("routing policy 'canary' must be a list")
+            raise ValueError(f"{where}: 'canary' must be a list")
         return cls(
             default=_target(obj["default"], "'default'"),
             pinned={tenant: _target(value, f"pinned[{tenant!r}]") for tenant, value in pinned.items()},
             canary=[_split(value, f"canary[{i}]") for i, value in enumerate(canary)],
+            tenant_routes={
+                tenant: cls._from_obj(value, f"tenants[{tenant!r}]", {"default", "canary"})
+                for tenant, value in tenants.items()
+            },
         )
 
 
@@ -217,6 +248,7 @@ class RolloutEvent:
     version: str
     traffic_share: float = 1.0
     restored: str = ""
+    tenant: str = ""  # the tenant whose route moves; "": every tenant's unpinned traffic
 
     @property
     def target(self) -> ModelTarget:
@@ -228,9 +260,13 @@ def apply_rollout(policy: RoutingPolicy, event: RolloutEvent) -> RoutingPolicy:
     or would not change anything, e.g. a repeated or out-of-date event)."""
     if event.model != policy.default.model or not event.version.isdigit():
         return policy
-    if event.kind == "promoted":
-        return _promoted(policy, event)
-    return _rolled_back(policy, event)
+    if event.tenant:
+        return policy.with_route(event.tenant, _moved(policy.route_of(event.tenant), event))
+    return _moved(policy, event)
+
+
+def _moved(policy: RoutingPolicy, event: RolloutEvent) -> RoutingPolicy:
+    return _promoted(policy, event) if event.kind == "promoted" else _rolled_back(policy, event)
 
 
 def _promoted(policy: RoutingPolicy, event: RolloutEvent) -> RoutingPolicy:

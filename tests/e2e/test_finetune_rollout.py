@@ -5,7 +5,8 @@ gRPC; the adapter trained, evaluated and promoted: version 2 written into Triton
 loaded through the model-control API and announced with ModelVersionPromoted(traffic_share=0.5); the
 generator then serves version 2 to about half of the requests; thumbs-down feedback on version 2's
 answers makes the canary worse, the finetune's canary watch publishes ModelVersionRolledBack, and the
-answers come from version 1 again (version 2 is unloaded)."""
+answers come from version 1 again (version 2 is unloaded). Version 2, trained on this tenant's data,
+never answers a neighbouring tenant (tenant-scoped rollout)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from tests.support.processes import ServiceProcess, platform_services
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 TENANT = "rollout"
+NEIGHBOUR = "rollout-neighbour"  # another tenant: a version fine-tuned on TENANT's data never serves it
 MODEL = "tiny_lora_e2e"
 DOCS = {
     "kafka.md": "Kafka stores every topic as partitions of an ordered log.",
@@ -68,12 +70,13 @@ QUESTIONS = [
 class Loop:
     procs: dict[str, ServiceProcess]
     key: str
+    neighbour_key: str
     kafka: str
     triton: str
     stack: Stack
 
-    def md(self) -> tuple[tuple[str, str], ...]:
-        return (("x-api-key", self.key),)
+    def md(self, key: str = "") -> tuple[tuple[str, str], ...]:
+        return (("x-api-key", key or self.key),)
 
     def logs(self, *names: str) -> str:
         tails = [f"--- {n}\n{self.procs[n].log_tail(25)}" for n in names or self.procs]
@@ -88,6 +91,7 @@ def loop(
     workdir = tmp_path_factory.mktemp("rollout")
     keys_file = workdir / "api-keys.json"
     key = issue_key(keys_file, TENANT)
+    neighbour_key = issue_key(keys_file, NEIGHBOUR)
     names = ("monitor", "embedder", "retriever", "generator", "gateway", "finetune")
     env = {
         "LLMOPS_KAFKA_BOOTSTRAP_SERVERS": kafka,
@@ -95,7 +99,7 @@ def loop(
         "LLMOPS_WEAVIATE_GRPC_PORT": str(test_stack.weaviate.grpc_port),
         "LLMOPS_WEAVIATE_COLLECTION": "ChunkRollout",
         "LLMOPS_TRITON_GRPC_URL": triton,
-        "LLMOPS_TENANTS_KNOWN": TENANT,
+        "LLMOPS_TENANTS_KNOWN": f"{TENANT},{NEIGHBOUR}",
         "LLMOPS_GATEWAY_API_KEYS_FILE": str(keys_file),
         "LLMOPS_MONITOR_CLICKHOUSE_PATH": str(workdir / "chdb"),
         "LLMOPS_GENERATOR_ROUTING_POLICY": json.dumps({"default": {"model": MODEL, "version": "1"}}),
@@ -125,7 +129,7 @@ def loop(
         with platform_services(
             ["embedder", "retriever", "generator", "gateway", "finetune"], finetune_env, workdir
         ) as procs:
-            yield Loop({**monitor, **procs}, key, kafka, triton, test_stack)
+            yield Loop({**monitor, **procs}, key, neighbour_key, kafka, triton, test_stack)
 
 
 async def ingest(loop: Loop) -> None:
@@ -138,13 +142,13 @@ async def ingest(loop: Loop) -> None:
             )
 
 
-async def ask(loop: Loop, questions: list[str]) -> list[query_pb.QueryResponse]:
+async def ask(loop: Loop, questions: list[str], *, key: str = "") -> list[query_pb.QueryResponse]:
     async with grpc.aio.insecure_channel(loop.procs["gateway"].grpc_target) as channel:
         stub = query_grpc.QueryServiceStub(channel)
         return list(
             await asyncio.gather(
                 *(
-                    stub.Query(query_pb.QueryRequest(question=q), metadata=loop.md(), timeout=60)
+                    stub.Query(query_pb.QueryRequest(question=q), metadata=loop.md(key), timeout=60)
                     for q in questions
                 )
             )
@@ -247,6 +251,10 @@ async def test_feedback_to_promotion_to_canary_to_rollback(loop: Loop) -> None: 
     served = versions(canary_answers)
     share = served.count("2") / len(served)
     assert set(served) == {"1", "2"} and 0.15 <= share <= 0.85, served
+    assert event.scope_tenant_id == TENANT
+    # The version fine-tuned on TENANT's corrections never answers another tenant.
+    neighbour = versions(await ask(loop, [q for q, _ in QUESTIONS] * 2, key=loop.neighbour_key))
+    assert set(neighbour) == {"1"}, neighbour
     timings["canary_serving"] = time.monotonic() - started
 
     # The canary made worse: thumbs down on v2's answers, thumbs up on v1's.

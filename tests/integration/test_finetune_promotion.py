@@ -161,8 +161,8 @@ async def test_promoted_version_loads_beside_stable_streams_and_rolls_back(
 
     # A regression: rollback announced, then version 2 unloaded after the grace period; 1 keeps serving.
     monitor.by_version = {"2": VersionStats(requests=5, feedback=3, down=3), "1": VersionStats(requests=5)}
-    verdict = await promoter_.watch_once()
-    assert verdict is not None and verdict.action == "rollback"
+    [verdict] = await promoter_.watch_once()
+    assert verdict.action == "rollback"
     rolled_back = events[-1]
     assert isinstance(rolled_back, ModelVersionRolledBack) and rolled_back.restored_version == "1"
     record = promoter_.store.version(MODEL, 2)

@@ -29,8 +29,8 @@ def correlation_ids(count: int, seed: int) -> list[str]:
     return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(count)]
 
 
-def canary_share(policy: RoutingPolicy, ids: list[str]) -> float:
-    return sum(policy.choose("tenant", cid) == CANDIDATE for cid in ids) / len(ids)
+def canary_share(policy: RoutingPolicy, ids: list[str], tenant: str = "tenant") -> float:
+    return sum(policy.choose(tenant, cid) == CANDIDATE for cid in ids) / len(ids)
 
 
 def test_default_serves_without_pins_or_canary() -> None:
@@ -235,8 +235,9 @@ def rollout(  # noqa: PLR0917 - a compact way to write event tables
     share: float = 1.0,
     restored: str = "",
     model: str = "gemma",
+    tenant: str = "",
 ) -> RolloutEvent:
-    return RolloutEvent(event_id, at_ms, kind, model, version, share, restored)  # type: ignore[arg-type]
+    return RolloutEvent(event_id, at_ms, kind, model, version, share, restored, tenant)  # type: ignore[arg-type]
 
 
 def test_promotion_event_starts_a_canary_then_widens_it() -> None:
@@ -294,3 +295,29 @@ def test_rollout_log_reports_changes() -> None:
     assert not log.add(rollout("a", 1, "promoted", "2", 0.5))
     assert log.add(rollout("b", 2, "rolled_back", "2", restored="1"))
     assert log.policy == RoutingPolicy(default=STABLE)
+
+
+def test_a_tenant_scoped_rollout_moves_only_that_tenants_traffic() -> None:
+    """A version fine-tuned on one tenant's data serves that tenant only: its canary, its full rollout
+    and its rollback leave every other tenant (and the pins) on the default."""
+    base = RoutingPolicy(default=STABLE, pinned={"acme": TINY})
+    ids = correlation_ids(2000, seed=12)
+    canary = apply_rollout(base, rollout("e1", 1, "promoted", "2", 0.5, tenant="bakery"))
+    assert canary_share(canary, ids, "bakery") == pytest.approx(0.5, abs=0.05)
+    assert {canary.choose("other", cid) for cid in ids} == {STABLE}
+    assert {canary.choose("acme", cid) for cid in ids} == {TINY}
+    full = apply_rollout(canary, rollout("e2", 2, "promoted", "2", 1.0, tenant="bakery"))
+    assert {full.choose("bakery", cid) for cid in ids} == {CANDIDATE}
+    assert full.default == STABLE and {full.choose("other", cid) for cid in ids} == {STABLE}
+    # Rolled back to the default: the tenant's own route is gone again.
+    back = apply_rollout(full, rollout("e3", 3, "rolled_back", "2", restored="1", tenant="bakery"))
+    assert back == base
+
+
+def test_tenant_routes_survive_global_moves_and_the_json_form() -> None:
+    scoped = apply_rollout(RoutingPolicy(default=STABLE), rollout("e1", 1, "promoted", "2", 0.2, tenant="b"))
+    moved = apply_rollout(scoped, rollout("e2", 2, "promoted", "3", 0.1))
+    assert moved.tenant_routes == scoped.tenant_routes and moved.canary
+    assert RoutingPolicy.from_json(moved.to_json()) == moved
+    with pytest.raises(ValueError, match="tenant route"):
+        RoutingPolicy(default=STABLE, tenant_routes={"b": RoutingPolicy(default=STABLE, pinned={"x": TINY})})

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from llmops.common.v1 import event_meta_pb2 as llmops_dot_common_dot_v1_dot_event__meta__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fllmops/finetune/v1/events.proto\x12\x12llmops.finetune.v1\x1a!llmops/common/v1/event_meta.proto\"\xf4\x03\n\x12\x46ineTuneJobUpdated\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.llmops.finetune.v1.JobState\x12/\n\x07trigger\x18\x04 \x01(\x0e\x32\x1e.llmops.finetune.v1.JobTrigger\x12\x12\n\nbase_model\x18\x05 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x06 \x01(\t\x12J\n\nparameters\x18\x07 \x03(\x0b\x32\x36.llmops.finetune.v1.FineTuneJobUpdated.ParametersEntry\x12\x44\n\x07metrics\x18\x08 \x03(\x0b\x32\x33.llmops.finetune.v1.FineTuneJobUpdated.MetricsEntry\x12\x14\n\x0c\x61rtifact_uri\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb2\x02\n\x14ModelVersionPromoted\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x18\n\x10previous_version\x18\x04 \x01(\t\x12\x15\n\rtraffic_share\x18\x05 \x01(\x01\x12\x0e\n\x06job_id\x18\x06 \x01(\t\x12O\n\x0c\x65val_metrics\x18\x07 \x03(\x0b\x32\x39.llmops.finetune.v1.ModelVersionPromoted.EvalMetricsEntry\x1a\x32\n\x10\x45valMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x98\x01\n\x16ModelVersionRolledBack\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x18\n\x10restored_version\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t*\x84\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATE_SCHEDULED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04*\x98\x01\n\nJobTrigger\x12\x1b\n\x17JOB_TRIGGER_UNSPECIFIED\x10\x00\x12\x1c\n\x18JOB_TRIGGER_NEW_EXAMPLES\x10\x01\x12\x1d\n\x19JOB_TRIGGER_QUALITY_ALERT\x10\x02\x12\x18\n\x14JOB_TRIGGER_SCHEDULE\x10\x03\x12\x16\n\x12JOB_TRIGGER_MANUAL\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fllmops/finetune/v1/events.proto\x12\x12llmops.finetune.v1\x1a!llmops/common/v1/event_meta.proto\"\xf4\x03\n\x12\x46ineTuneJobUpdated\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.llmops.finetune.v1.JobState\x12/\n\x07trigger\x18\x04 \x01(\x0e\x32\x1e.llmops.finetune.v1.JobTrigger\x12\x12\n\nbase_model\x18\x05 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x06 \x01(\t\x12J\n\nparameters\x18\x07 \x03(\x0b\x32\x36.llmops.finetune.v1.FineTuneJobUpdated.ParametersEntry\x12\x44\n\x07metrics\x18\x08 \x03(\x0b\x32\x33.llmops.finetune.v1.FineTuneJobUpdated.MetricsEntry\x12\x14\n\x0c\x61rtifact_uri\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xcb\x02\n\x14ModelVersionPromoted\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x18\n\x10previous_version\x18\x04 \x01(\t\x12\x15\n\rtraffic_share\x18\x05 \x01(\x01\x12\x0e\n\x06job_id\x18\x06 \x01(\t\x12O\n\x0c\x65val_metrics\x18\x07 \x03(\x0b\x32\x39.llmops.finetune.v1.ModelVersionPromoted.EvalMetricsEntry\x12\x17\n\x0fscope_tenant_id\x18\x08 \x01(\t\x1a\x32\n\x10\x45valMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb1\x01\n\x16ModelVersionRolledBack\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x18\n\x10restored_version\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x17\n\x0fscope_tenant_id\x18\x06 \x01(\t*\x84\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATE_SCHEDULED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04*\x98\x01\n\nJobTrigger\x12\x1b\n\x17JOB_TRIGGER_UNSPECIFIED\x10\x00\x12\x1c\n\x18JOB_TRIGGER_NEW_EXAMPLES\x10\x01\x12\x1d\n\x19JOB_TRIGGER_QUALITY_ALERT\x10\x02\x12\x18\n\x14JOB_TRIGGER_SCHEDULE\x10\x03\x12\x16\n\x12JOB_TRIGGER_MANUAL\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,10 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FINETUNEJOBUPDATED_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_MODELVERSIONPROMOTED_EVALMETRICSENTRY']._loaded_options = None
   _globals['_MODELVERSIONPROMOTED_EVALMETRICSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1058
-  _globals['_JOBSTATE']._serialized_end=1190
-  _globals['_JOBTRIGGER']._serialized_start=1193
-  _globals['_JOBTRIGGER']._serialized_end=1345
+  _globals['_JOBSTATE']._serialized_start=1108
+  _globals['_JOBSTATE']._serialized_end=1240
+  _globals['_JOBTRIGGER']._serialized_start=1243
+  _globals['_JOBTRIGGER']._serialized_end=1395
   _globals['_FINETUNEJOBUPDATED']._serialized_start=91
   _globals['_FINETUNEJOBUPDATED']._serialized_end=591
   _globals['_FINETUNEJOBUPDATED_PARAMETERSENTRY']._serialized_start=494
@@ -49,9 +49,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FINETUNEJOBUPDATED_METRICSENTRY']._serialized_start=545
   _globals['_FINETUNEJOBUPDATED_METRICSENTRY']._serialized_end=591
   _globals['_MODELVERSIONPROMOTED']._serialized_start=594
-  _globals['_MODELVERSIONPROMOTED']._serialized_end=900
-  _globals['_MODELVERSIONPROMOTED_EVALMETRICSENTRY']._serialized_start=850
-  _globals['_MODELVERSIONPROMOTED_EVALMETRICSENTRY']._serialized_end=900
-  _globals['_MODELVERSIONROLLEDBACK']._serialized_start=903
-  _globals['_MODELVERSIONROLLEDBACK']._serialized_end=1055
+  _globals['_MODELVERSIONPROMOTED']._serialized_end=925
+  _globals['_MODELVERSIONPROMOTED_EVALMETRICSENTRY']._serialized_start=875
+  _globals['_MODELVERSIONPROMOTED_EVALMETRICSENTRY']._serialized_end=925
+  _globals['_MODELVERSIONROLLEDBACK']._serialized_start=928
+  _globals['_MODELVERSIONROLLEDBACK']._serialized_end=1105
 # @@protoc_insertion_point(module_scope)

@@ -72,7 +72,7 @@ class FineTuneJobUpdated(_message.Message):
     def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., trigger: _Optional[_Union[JobTrigger, str]] = ..., base_model: _Optional[str] = ..., dataset_version: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., artifact_uri: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ModelVersionPromoted(_message.Message):
-    __slots__ = ("meta", "model_name", "model_version", "previous_version", "traffic_share", "job_id", "eval_metrics")
+    __slots__ = ("meta", "model_name", "model_version", "previous_version", "traffic_share", "job_id", "eval_metrics", "scope_tenant_id")
     class EvalMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class ModelVersionPromoted(_message.Message):
     TRAFFIC_SHARE_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     EVAL_METRICS_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     meta: _event_meta_pb2.EventMeta
     model_name: str
     model_version: str
@@ -94,18 +95,21 @@ class ModelVersionPromoted(_message.Message):
     traffic_share: float
     job_id: str
     eval_metrics: _containers.ScalarMap[str, float]
-    def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., traffic_share: _Optional[float] = ..., job_id: _Optional[str] = ..., eval_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    scope_tenant_id: str
+    def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., traffic_share: _Optional[float] = ..., job_id: _Optional[str] = ..., eval_metrics: _Optional[_Mapping[str, float]] = ..., scope_tenant_id: _Optional[str] = ...) -> None: ...
 
 class ModelVersionRolledBack(_message.Message):
-    __slots__ = ("meta", "model_name", "model_version", "restored_version", "reason")
+    __slots__ = ("meta", "model_name", "model_version", "restored_version", "reason", "scope_tenant_id")
     META_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RESTORED_VERSION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     meta: _event_meta_pb2.EventMeta
     model_name: str
     model_version: str
     restored_version: str
     reason: str
-    def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., restored_version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    scope_tenant_id: str
+    def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., restored_version: _Optional[str] = ..., reason: _Optional[str] = ..., scope_tenant_id: _Optional[str] = ...) -> None: ...
