@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 import grpc
@@ -50,6 +50,24 @@ def _trigger(value: int) -> str:
     return str(JobTrigger.Name(value)).removeprefix("JOB_TRIGGER_").lower()
 
 
+def format_levers(metrics: Mapping[str, float]) -> str:
+    """The job's lever deltas (`lever_<system>_<metric>_delta`): each prompt template the current model
+    was also evaluated with, and the fine-tuned candidate, e.g.
+    ``current_grounded_qa_v2: answer_f1 +0.0000 eval_loss -0.0022; candidate: ...``."""
+    systems: dict[str, list[str]] = {}
+    for name, value in sorted(metrics.items()):
+        if not (name.startswith("lever_") and name.endswith("_delta")):
+            continue
+        for metric in ("answer_f1", "eval_loss"):
+            suffix = f"_{metric}_delta"
+            if name.endswith(suffix):
+                system = name.removeprefix("lever_").removesuffix(suffix)
+                systems.setdefault(system, []).append(f"{metric} {value:+.4f}")
+    # Prompt templates first, the fine-tuned candidate last.
+    order = sorted(systems, key=lambda system: (system == "candidate", system))
+    return "; ".join(f"{system}: {' '.join(systems[system])}" for system in order)
+
+
 def format_job(job: pb.Job) -> str:
     line = (
         f"{job.job_id}  {_state(job.state):9s}  {_trigger(job.trigger):13s}  dataset {job.dataset_version}  "
@@ -58,6 +76,9 @@ def format_job(job: pb.Job) -> str:
     metrics = "  ".join(f"{name}={job.metrics[name]:.4g}" for name in SHOWN_METRICS if name in job.metrics)
     if metrics:
         line += f"\n    {metrics}"
+    levers = format_levers(job.metrics)
+    if levers:
+        line += f"\n    levers on the held-out set, from current: {levers}"
     if job.error:
         line += f"\n    error: {job.error}"
     if job.artifact_uri:

@@ -13,7 +13,10 @@
   so a model that answers longer is not taken for a slower one).
 
 `compare` runs two systems on the same examples and reports side by side (candidate vs current model,
-or one model under two prompt-template versions: `template_system`).
+or one model under two prompt-template versions: `template_system`). `Levers` puts the two levers a
+team has next to each other on one eval set: the current model under other prompt-template versions
+(prompt engineering) and the fine-tuned candidate (fine-tuning), each as a delta from the current
+model as it is served, so the table says which lever pays.
 
 `gate` decides promotion from the reports on the held-out split and on the fixed regression set
 (`services.finetune.regression`): the candidate must beat current on the primary metric of the held-out
@@ -226,6 +229,74 @@ def compare_templates(
         examples,
         max_new_tokens=max_new_tokens,
     )
+
+
+LEVER_METRICS = ("answer_f1", "eval_loss", "groundedness", "ms_per_token")
+
+
+def lever_key(label: str) -> str:
+    """A label as a metric-name part: ``current+grounded_qa@2`` -> ``current_grounded_qa_2``."""
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+
+
+@dataclass(frozen=True)
+class Levers:
+    """Systems evaluated on the same examples, each compared with `baseline` (the current model)."""
+
+    baseline: EvalReport
+    others: tuple[EvalReport, ...]
+
+    def rows(self) -> list[tuple[str, dict[str, float | None], dict[str, float | None]]]:
+        """(label, metric values, deltas from the baseline) per system, the baseline first."""
+        out = []
+        for report in (self.baseline, *self.others):
+            values = {name: report.metric(name) for name in LEVER_METRICS}
+            deltas = {
+                name: None if value is None or (base := self.baseline.metric(name)) is None else value - base
+                for name, value in values.items()
+            }
+            out.append((report.label, values, deltas))
+        return out
+
+    def table(self) -> str:
+        width = max(len(label) for label, _, _ in self.rows())
+        lines = [f"{'system':{width}s} " + " ".join(f"{name:>22s}" for name in LEVER_METRICS)]
+        for label, values, deltas in self.rows():
+            cells = []
+            for name in LEVER_METRICS:
+                value, delta = values[name], deltas[name]
+                cell = "-" if value is None else f"{value:.4f}"
+                if delta is not None and label != self.baseline.label:
+                    cell += f" ({delta:+.4f})"
+                cells.append(f"{cell:>22s}")
+            lines.append(f"{label:{width}s} " + " ".join(cells))
+        return "\n".join(lines)
+
+    def metrics(self, prefix: str = "lever_") -> dict[str, float]:
+        """Flat metrics: ``lever_<system>_<metric>`` and ``lever_<system>_<metric>_delta``."""
+        out: dict[str, float] = {}
+        for label, values, deltas in self.rows():
+            key = f"{prefix}{lever_key(label)}_"
+            out.update({f"{key}{name}": v for name, v in values.items() if v is not None})
+            if label != self.baseline.label:
+                out.update({f"{key}{name}_delta": d for name, d in deltas.items() if d is not None})
+        return out
+
+
+def compare_levers(
+    baseline: EvalReport,
+    others: Sequence[EvalReport | System],
+    examples: Sequence[Example],
+    *,
+    max_new_tokens: int = 48,
+) -> Levers:
+    """`baseline` (already evaluated on `examples`) beside `others`: reports already made on the same
+    examples are taken as they are, systems are evaluated now."""
+    reports = tuple(
+        other if isinstance(other, EvalReport) else evaluate(other, examples, max_new_tokens=max_new_tokens)
+        for other in others
+    )
+    return Levers(baseline, reports)
 
 
 # --- the gate ----------------------------------------------------------------------------------------

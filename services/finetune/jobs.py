@@ -31,6 +31,9 @@ class TrainingParams:
     max_len: int = 320
     max_new_tokens: int = 40
     threads: int = 2
+    # Prompt-template versions (id@version, comma-separated) the current model is also evaluated with on
+    # the held-out split, beside the fine-tuned candidate: which lever pays (`evaluation.Levers`).
+    compare_templates: str = "grounded_qa@v1,grounded_qa@v2"
     # Fault injection for tests and drills: "train" raises after `fail_after_steps` optimizer steps,
     # "write" kills the trainer (os._exit) halfway through writing the artifact.
     fail_at: str = ""
@@ -48,6 +51,9 @@ class TrainingParams:
             "max_len": 64 <= self.max_len <= 512,
             "max_new_tokens": 1 <= self.max_new_tokens <= 256,
             "threads": 1 <= self.threads <= 64,
+            "compare_templates": all(
+                len(ref.split("@")) == 2 and all(ref.split("@")) for ref in self.template_refs_raw()
+            ),
             "fail_at": self.fail_at in FAIL_POINTS,
             "fail_after_steps": self.fail_after_steps >= 0,
         }
@@ -56,6 +62,13 @@ class TrainingParams:
             raise ValueError(
                 f"training parameter out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}"
             )
+
+    def template_refs_raw(self) -> list[str]:
+        return [ref.strip() for ref in self.compare_templates.split(",") if ref.strip()]
+
+    def template_refs(self) -> list[tuple[str, str]]:
+        """(template id, version) of each `compare_templates` entry."""
+        return [(ref.split("@")[0], ref.split("@")[1]) for ref in self.template_refs_raw()]
 
     def as_strings(self) -> dict[str, str]:
         return {

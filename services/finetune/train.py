@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from services.finetune.curation import Example, read_split
-from services.finetune.evaluation import SideBySide, System, compare, gate, side_by_side_metrics
+from services.finetune.evaluation import (
+    SideBySide,
+    System,
+    compare,
+    compare_levers,
+    gate,
+    side_by_side_metrics,
+    template_system,
+)
 from services.finetune.files import replace_file, staged_dir
 from services.finetune.jobs import JobSpec
 from services.finetune.model import (
@@ -39,6 +47,7 @@ from services.finetune.model import (
     training_ids,
 )
 from services.finetune.regression import REGRESSION_SET_VERSION, regression_set
+from services.generator.prompts import TemplateRegistry
 
 LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
 
@@ -172,11 +181,27 @@ def run(spec: JobSpec) -> dict[str, Any]:
         candidate_regression=pairs["regression"].a,
         current_regression=pairs["regression"].b,
     )
+    # The other lever on the same held-out split: the current model under other prompt templates.
+    templates = TemplateRegistry()
+    prompt_systems = [
+        template_system(f"current+{tid}@{version}", current, templates.get(tid, version))
+        for tid, version in p.template_refs()
+    ]
+    levers = compare_levers(
+        pairs["heldout"].b,
+        [*prompt_systems, pairs["heldout"].a],
+        held_out,
+        max_new_tokens=p.max_new_tokens,
+    )
     metrics.update(side_by_side_metrics(pairs))
+    metrics.update(levers.metrics())
     metrics.update(decision.metrics())
     metrics["eval_seconds"] = time.perf_counter() - started
     for name, pair in pairs.items():
         log(f"{name} set, candidate vs current:\n{pair.table()}")
+    log(
+        f"levers on the held-out set (prompt templates vs fine-tuning, from current):\n{levers.table()}"
+    )
     log(f"gate: {'promote' if decision.promote else 'keep current'}: {'; '.join(decision.reasons)}")
 
     extra = {
@@ -189,6 +214,7 @@ def run(spec: JobSpec) -> dict[str, Any]:
         "regression_set": REGRESSION_SET_VERSION,
         "params": p.as_strings(),
         "gate": {"promote": decision.promote, "reasons": list(decision.reasons)},
+        "levers": levers.table(),
         "samples": {
             name: [
                 {"question": e.question, "reference": e.answer, "candidate": a, "current": b}

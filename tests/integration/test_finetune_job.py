@@ -92,6 +92,12 @@ async def test_training_succeeds_with_candidate_metrics(
         "training did not lower the loss"
     )
     assert m["gate_promote"] in (0.0, 1.0)
+    # Both levers on the held-out split, as deltas from the current model: prompt templates, fine-tuning.
+    for system in ("current_grounded_qa_v1", "current_grounded_qa_v2", "candidate"):
+        assert f"lever_{system}_answer_f1_delta" in m and f"lever_{system}_eval_loss_delta" in m
+    assert m["lever_candidate_eval_loss_delta"] == pytest.approx(
+        m["heldout_candidate_eval_loss"] - m["heldout_current_eval_loss"]
+    )
     assert leftovers(artifacts) == ["ft-ok"]
     artifact = Path(result.artifact_dir)
     files = set(leftovers(artifact))

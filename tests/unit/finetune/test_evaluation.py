@@ -15,10 +15,12 @@ from services.finetune.evaluation import (
     Generation,
     System,
     compare,
+    compare_levers,
     compare_templates,
     evaluate,
     gate,
     side_by_side_metrics,
+    template_system,
     token_f1,
 )
 from services.generator.prompts import TemplateRegistry
@@ -101,6 +103,37 @@ def test_compare_templates_side_by_side_on_the_same_examples() -> None:
     assert "grounded_qa@v1" in table and "grounded_qa@v2" in table and "answer_f1" in table
     flat = side_by_side_metrics({"heldout": result})
     assert "heldout_grounded_qa@v1_answer_f1" in flat and "heldout_grounded_qa@v2_answer_f1" in flat
+
+
+def test_levers_put_prompt_templates_and_fine_tuning_side_by_side() -> None:
+    """Which lever pays: the current model as served, under another template, and the candidate, all
+    on the same examples, each with its delta from current."""
+    registry = TemplateRegistry()
+    served = Lookup("current", {}, 2.0)  # answers nothing under the served format
+    # Under grounded_qa v2 the same model answers the first question right (prompt engineering pays).
+    prompted = Lookup("current", {"passages below": "Feedback is kept for ninety days."}, 2.0)
+    tuned = Lookup(
+        "candidate", {"Q: How long": "Feedback is kept for ninety days.", "Q: What": "The count."}, 1.0
+    )
+    baseline = evaluate(System("current", served, render), EXAMPLES)
+    levers = compare_levers(
+        baseline,
+        [
+            evaluate(System("candidate", tuned, render), EXAMPLES),  # an existing report is kept as is
+            template_system("current+grounded_qa@v2", prompted, registry.get("grounded_qa", "v2")),
+        ],
+        EXAMPLES,
+    )
+    labels = [label for label, _, _ in levers.rows()]
+    assert labels == ["current", "candidate", "current+grounded_qa@v2"]
+    flat = levers.metrics()
+    assert flat["lever_current_answer_f1"] == pytest.approx(0.0)
+    assert flat["lever_current_grounded_qa_v2_answer_f1_delta"] == pytest.approx(0.5)
+    assert flat["lever_candidate_answer_f1_delta"] > flat["lever_current_grounded_qa_v2_answer_f1_delta"]
+    assert flat["lever_candidate_eval_loss_delta"] == pytest.approx(-1.0)
+    assert "lever_current_answer_f1_delta" not in flat  # the baseline has no delta
+    table = levers.table()
+    assert "current+grounded_qa@v2" in table and "(+0.5000)" in table
 
 
 def report(label: str = "x", **values: float | None) -> EvalReport:

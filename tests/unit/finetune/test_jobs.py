@@ -21,6 +21,16 @@ def test_overrides_are_typed_and_checked() -> None:
         parse_params(TrainingParams(), {"fail_at": "somewhere"})
 
 
+def test_compared_templates_are_id_at_version_pairs() -> None:
+    params = parse_params(TrainingParams(), {"compare_templates": " grounded_qa@v2 ,"})
+    assert params.template_refs() == [("grounded_qa", "v2")]
+    assert TrainingParams().template_refs() == [("grounded_qa", "v1"), ("grounded_qa", "v2")]
+    assert parse_params(TrainingParams(), {"compare_templates": ""}).template_refs() == []
+    for bad in ("grounded_qa", "grounded_qa@", "@v1", "a@b@c"):
+        with pytest.raises(ValueError, match="compare_templates"):
+            parse_params(TrainingParams(), {"compare_templates": bad})
+
+
 def test_fault_injection_parameters_show_only_when_set() -> None:
     assert "fail_at" not in TrainingParams().as_strings()
     assert TrainingParams(fail_at="write").as_strings()["fail_at"] == "write"
