@@ -199,9 +199,7 @@ def run(spec: JobSpec) -> dict[str, Any]:
     metrics["eval_seconds"] = time.perf_counter() - started
     for name, pair in pairs.items():
         log(f"{name} set, candidate vs current:\n{pair.table()}")
-    log(
-        f"levers on the held-out set (prompt templates vs fine-tuning, from current):\n{levers.table()}"
-    )
+    log(f"levers on the held-out set (prompt templates vs fine-tuning, from current):\n{levers.table()}")
     log(f"gate: {'promote' if decision.promote else 'keep current'}: {'; '.join(decision.reasons)}")
 
     extra = {
