@@ -47,7 +47,6 @@ from services.finetune.model import (
     training_ids,
 )
 from services.finetune.regression import REGRESSION_SET_VERSION, regression_set
-from services.generator.prompts import TemplateRegistry
 
 LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
 
@@ -182,6 +181,9 @@ def run(spec: JobSpec) -> dict[str, Any]:
         current_regression=pairs["regression"].b,
     )
     # The other lever on the same held-out split: the current model under other prompt templates.
+    # (Imported here: the module stays light for the GPU image, which lacks the bus's packages.)
+    from services.generator.prompts import TemplateRegistry
+
     templates = TemplateRegistry()
     prompt_systems = [
         template_system(f"current+{tid}@{version}", current, templates.get(tid, version))
