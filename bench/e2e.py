@@ -7,16 +7,21 @@ private Kafka, Weaviate and Triton serving `tiny_llm`. Each sequential Query's w
 generate, from the answer's timings). A / B is the platform's overhead: the Kafka hops between
 stages, gRPC, (de)serialisation and waiting in consumers' poll loops.
 
-Monitor on vs off: the same sequential Query loop in alternating blocks (ABBA: off on, on off, ...),
-without a monitor process (off) and with one consuming the query path's topics into chdb (on; started
-before an on block and caught up with every answer so far, stopped before an off block). Each block's
-median counts; the row gives the median of the on blocks against the median of the off blocks. The
-first row uses the off blocks.
+Monitor on vs off: the same sequential Query loop in many short alternating blocks (ABBA: off on, on
+off, ...). One monitor process consumes the query path's topics into chdb; it is started once and
+caught up, then switched off for an off block by SIGSTOP (frozen: no CPU, no fetches) and on again by
+SIGCONT, after which it catches up with the answers of the off block before the on block starts. Short
+blocks (a second or two, well inside the consumer's session timeout, so no rebalance) follow load
+drifts on a shared machine; each off/on pair gives a ratio of its block medians, and the row reports
+the median of the per-pair ratios with their interquartile range. The first row uses the off blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import random
+import signal
 import statistics
 import tempfile
 import time
@@ -42,8 +47,11 @@ PORT_BASE = 37000
 TENANT = "bench"
 SERVICES = ("embedder", "retriever", "generator", "gateway")
 MONITOR_GRPC_PORT = PORT_BASE + 155
-SETTLE_S = 5.0  # after the monitor started and caught up, before an on block
-PAIRS = 8  # off/on block pairs, in ABBA order (off on, on off, ...) so a drift in load cancels out
+SETTLE_S = 5.0  # after the monitor started and caught up, before the first block
+RESUME_SETTLE_S = 0.2  # after a resumed monitor caught up, before an on block
+# Off/on block pairs, in ABBA order (off on, on off, ...) so a drift in load cancels out; with the
+# default 200 queries a block is 10 queries (~1 s), far below the consumer's session timeout while frozen.
+PAIRS = 20
 ORDER = [mode for pair in range(PAIRS) for mode in (("off", "on") if pair % 2 == 0 else ("on", "off"))]
 STUB: Any = monitor_grpc.MonitorServiceStub  # grpcio-tools writes no types for *_pb2_grpc
 SERVICE_STAGES = ("embed", "retrieve", "generate")
@@ -81,29 +89,31 @@ async def _stored_requests(target: str) -> int:
     return int(response.requests)
 
 
-async def _monitor_on(monitor: ManagedProcess, answered: int) -> float:
-    """Start the monitor, wait until it has stored every answer so far, then SETTLE_S more (its start-up
-    work, e.g. the engine's first merges, is not the steady state being measured); seconds until it
-    had caught up."""
+async def _caught_up(answered: int) -> float:
+    """Wait until the monitor has stored every answer so far; seconds it took."""
     started = time.perf_counter()
-    await asyncio.to_thread(monitor.start)
     target = f"127.0.0.1:{MONITOR_GRPC_PORT}"
     deadline = time.monotonic() + 120
     while await _stored_requests(target) < answered:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the monitor did not catch up with {answered} answers in 120 s")
-        await asyncio.sleep(0.2)
-    caught_up = time.perf_counter() - started
-    await asyncio.sleep(SETTLE_S)
-    return caught_up
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - started
+
+
+def _signal(monitor: ManagedProcess, sig: signal.Signals) -> None:
+    pid = monitor.pid()
+    if pid is None:
+        raise RuntimeError("the monitor process is not running")
+    os.kill(pid, sig)
 
 
 async def _measure(
     target: str, api_key: str, queries: int, monitor: ManagedProcess
 ) -> tuple[dict[str, list[list[float]]], list[float], list[float], list[float]]:
-    """Blocks of `queries` sequential queries in ORDER (the monitor started before an on block that
-    follows an off one, stopped before an off block): per mode the blocks' wall times; the off blocks'
-    wall and stage times; the monitor's start + catch-up times."""
+    """Blocks of `queries` sequential queries in ORDER, the monitor frozen (SIGSTOP) for off blocks and
+    resumed (SIGCONT) and caught up before on blocks: per mode the blocks' wall times; the off blocks'
+    wall and stage times; the monitor's catch-up times after each resume."""
     md = (("x-api-key", api_key),)
     blocks: dict[str, list[list[float]]] = {"off": [], "on": []}
     off_wall: list[float] = []
@@ -119,35 +129,74 @@ async def _measure(
         for question in QUESTIONS * 3:  # warm-up: connections, caches, JIT-free but lazy imports
             await stub.Query(query_pb.QueryRequest(question=question), metadata=md, timeout=30)
             answered += 1
-        running = False
-        for n, mode in enumerate(ORDER):
-            if mode == "on" and not running:
-                catch_up_s.append(await _monitor_on(monitor, answered))
-                running = True
-            elif mode == "off" and running:
-                await asyncio.to_thread(monitor.stop)
-                running = False
-            wall_ms: list[float] = []
-            for i in range(queries):  # one at a time: latency, not throughput
-                started = time.perf_counter()
-                response = await stub.Query(
-                    query_pb.QueryRequest(question=QUESTIONS[i % len(QUESTIONS)]), metadata=md, timeout=30
-                )
-                wall_ms.append((time.perf_counter() - started) * 1000)
-                answered += 1
+        await asyncio.to_thread(monitor.start)
+        await _caught_up(answered)
+        await asyncio.sleep(SETTLE_S)  # start-up work (the engine's first merges) is not steady state
+        running = True
+        try:
+            for n, mode in enumerate(ORDER):
+                if mode == "on" and not running:
+                    _signal(monitor, signal.SIGCONT)
+                    running = True
+                    catch_up_s.append(await _caught_up(answered))
+                    await asyncio.sleep(RESUME_SETTLE_S)
+                elif mode == "off" and running:
+                    _signal(monitor, signal.SIGSTOP)
+                    running = False
+                wall_ms: list[float] = []
+                for i in range(queries):  # one at a time: latency, not throughput
+                    started = time.perf_counter()
+                    response = await stub.Query(
+                        query_pb.QueryRequest(question=QUESTIONS[i % len(QUESTIONS)]), metadata=md, timeout=30
+                    )
+                    wall_ms.append((time.perf_counter() - started) * 1000)
+                    answered += 1
+                    if mode == "off":
+                        timings = {t.stage: t.duration_ms for t in response.timings}
+                        off_stages.append(sum(timings[s] for s in SERVICE_STAGES))
+                blocks[mode].append(wall_ms)
                 if mode == "off":
-                    timings = {t.stage: t.duration_ms for t in response.timings}
-                    off_stages.append(sum(timings[s] for s in SERVICE_STAGES))
-            blocks[mode].append(wall_ms)
-            if mode == "off":
-                off_wall += wall_ms
-            status(
-                f"e2e: block {n + 1}/{len(ORDER)} monitor {mode}: p50 {statistics.median(wall_ms):.1f} ms "
-                f"over {queries} queries"
-            )
-        if running:
+                    off_wall += wall_ms
+                if n % 8 == 7 or n == len(ORDER) - 1:
+                    status(
+                        f"e2e: block {n + 1}/{len(ORDER)} monitor {mode}: p50 "
+                        f"{statistics.median(wall_ms):.1f} ms over {queries} queries"
+                    )
+        finally:
+            if not running:
+                _signal(monitor, signal.SIGCONT)  # a frozen process does not stop on SIGTERM
             await asyncio.to_thread(monitor.stop)
     return blocks, off_wall, off_stages, catch_up_s
+
+
+def pair_ratios(blocks: dict[str, list[list[float]]]) -> list[float]:
+    """Per off/on pair (in ORDER, the i-th off block with the i-th on block): on p50 / off p50."""
+    return [
+        statistics.median(on) / statistics.median(off)
+        for off, on in zip(blocks["off"], blocks["on"], strict=True)
+    ]
+
+
+def pooled_ratio_interval(
+    blocks: dict[str, list[list[float]]], *, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% interval of (p50 of all on queries) / (p50 of all off queries), resampling whole off/on pairs
+    (a block bootstrap: queries of one block are not independent)."""
+    rng = random.Random(seed)
+    pairs = list(zip(blocks["off"], blocks["on"], strict=True))
+    ratios = []
+    for _ in range(resamples):
+        drawn = rng.choices(pairs, k=len(pairs))
+        off = [ms for block, _ in drawn for ms in block]
+        on = [ms for _, block in drawn for ms in block]
+        ratios.append(statistics.median(on) / statistics.median(off))
+    ratios.sort()
+    return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
 
 
 def run_e2e(queries: int = 200) -> tuple[list[Row], dict[str, Any]]:
@@ -216,14 +265,20 @@ def run_e2e(queries: int = 200) -> tuple[list[Row], dict[str, Any]]:
     on_p50, off_p50 = statistics.median(block_p50["on"]), statistics.median(block_p50["off"])
     on_all = [ms for b in blocks["on"] for ms in b]
     off_all = [ms for b in blocks["off"] for ms in b]
+    ratios = pair_ratios(blocks)
+    ratio = statistics.median(ratios)
+    q1, q3 = quartiles(ratios)
+    low, high = pooled_ratio_interval(blocks)
     monitor_notes = (
         f"{PAIRS} pairs of blocks of {block} sequential gRPC Query calls, monitor off and on in ABBA order "
-        f"(started before an on block, caught up with every answer so far, {SETTLE_S:.0f} s to settle, "
-        "stopped before an off block); block p50s off "
-        f"{', '.join(f'{v:.1f}' for v in block_p50['off'])} ms, on "
-        f"{', '.join(f'{v:.1f}' for v in block_p50['on'])} ms; p99 over all blocks off "
+        "(one monitor process, frozen by SIGSTOP for off blocks, resumed by SIGCONT and caught up with "
+        "every answer before on blocks); ratio = median over pairs of on p50 / off p50, interquartile "
+        f"range {q1:.3f}-{q3:.3f}, min {min(ratios):.3f}, max {max(ratios):.3f}; p50 over all blocks off "
+        f"{statistics.median(off_all):.1f} ms, on {statistics.median(on_all):.1f} ms (ratio "
+        f"{statistics.median(on_all) / statistics.median(off_all):.3f}, 95% pair-bootstrap interval "
+        f"{low:.3f}-{high:.3f}); p99 off "
         f"{percentile(off_all, 99):.1f} ms, on {percentile(on_all, 99):.1f} ms; goal ratio <= 1.02; "
-        f"monitor start + catch-up {', '.join(f'{s:.1f}' for s in catch_up_s)} s"
+        f"catch-up after resume median {statistics.median(catch_up_s) * 1000:.0f} ms"
     )
     rows = [
         Row(
@@ -237,7 +292,7 @@ def run_e2e(queries: int = 200) -> tuple[list[Row], dict[str, Any]]:
             "query end-to-end latency p50, monitor on vs off (ms)",
             f"monitor on {on_p50:.1f}",
             f"monitor off {off_p50:.1f}",
-            f"{on_p50 / off_p50:.3f}",
+            f"{ratio:.3f}",
             monitor_notes,
         ),
     ]
@@ -248,5 +303,6 @@ def run_e2e(queries: int = 200) -> tuple[list[Row], dict[str, Any]]:
         "monitor_blocks_ms": blocks,
         "monitor_block_p50_ms": block_p50,
         "monitor_catch_up_s": catch_up_s,
+        "monitor_pair_ratios": ratios,
     }
     return rows, raw

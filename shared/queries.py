@@ -64,6 +64,27 @@ def deadline_passed(request: QueryRequested) -> bool:
     return seconds_left(request) == 0.0
 
 
+def query_failed(
+    request: QueryRequested,
+    *,
+    reason: FailureReason,
+    detail: str,
+    stage: str,
+    model_name: str = "",
+    model_version: str = "",
+) -> QueryFailed:
+    """The failure of `request` at `stage` (detail bounded to 1,000 characters). A failure after routing
+    chose a model names it, so error rates can be read per model version."""
+    return QueryFailed(
+        meta=follow_meta(request.meta, producer=stage),
+        reason=reason,
+        detail=detail[:1000],
+        failed_stage=stage,
+        model_name=model_name,
+        model_version=model_version,
+    )
+
+
 async def publish_query_failed(
     broker: KafkaBroker,
     request: QueryRequested,
@@ -71,13 +92,17 @@ async def publish_query_failed(
     reason: FailureReason,
     detail: str,
     stage: str,
+    model_name: str = "",
+    model_version: str = "",
 ) -> QueryFailed:
     """Answer the caller with a failure: on llmops.query.failed.v1 and on its reply topic, if any."""
-    failed = QueryFailed(
-        meta=follow_meta(request.meta, producer=stage),
+    failed = query_failed(
+        request,
         reason=reason,
-        detail=detail[:1000],
-        failed_stage=stage,
+        detail=detail,
+        stage=stage,
+        model_name=model_name,
+        model_version=model_version,
     )
     await publish_reply(broker, QUERY_FAILED.name, request, failed)
     return failed

@@ -57,7 +57,10 @@ async def stats(
     )
     w(f"tokens: prompt {traffic.prompt_tokens}, completion {traffic.completion_tokens}\n")
     for model in traffic.models:
-        w(f"  {model.model_name} v{model.model_version or '-'}: {model.requests} requests\n")
+        w(
+            f"  {model.model_name} v{model.model_version or '-'}: {model.requests} requests, "
+            f"failed {model.failed} (error rate {model.error_rate:.1%})\n"
+        )
     for reason, count in sorted(traffic.failures_by_reason.items()):
         w(f"  failed with {reason}: {count}\n")
     w("\nlatency (ms)      count     p50     p95     p99\n")

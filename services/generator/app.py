@@ -44,7 +44,7 @@ from services.generator.settings import GeneratorSettings
 from shared.bus import concurrently, parse_event, wait_for_assignment
 from shared.errors import PermanentError, is_transient
 from shared.events import HEADER_EVENT_TYPE
-from shared.queries import deadline_passed, publish_query_failed, publish_reply
+from shared.queries import deadline_passed, publish_query_failed, publish_reply, seconds_left
 from shared.service import ServiceRuntime
 from shared.topics import (
     CONTEXT_RETRIEVED,
@@ -65,10 +65,9 @@ class Clients:
 
 
 def _seconds_left(event: ContextRetrieved, default_s: float) -> float:
-    request = event.request
-    if request.HasField("deadline"):
-        return max(request.deadline.ToNanoseconds() / 1e9 - time.time(), 0.0)
-    return default_s
+    """Seconds to the request's deadline, or `default_s` for a request without one."""
+    left = seconds_left(event.request)
+    return default_s if left is None else left
 
 
 def rollout_event(record: ConsumerRecord[Any, Any]) -> RolloutEvent:
@@ -202,6 +201,8 @@ def create_app(settings: GeneratorSettings | None = None) -> FastStream:
                 reason=FailureReason.FAILURE_REASON_INVALID_ARGUMENT,
                 detail=str(exc),
                 stage=producer,
+                model_name=target.model,
+                model_version=target.version,
             )
             return (record, exc)
         except Exception as exc:
@@ -218,6 +219,8 @@ def create_app(settings: GeneratorSettings | None = None) -> FastStream:
                 reason=reason,
                 detail=f"generation on {target.model} unavailable after retries: {exc}",
                 stage=producer,
+                model_name=target.model,
+                model_version=target.version,
             )
             return None
         answer = "".join(pieces).strip()

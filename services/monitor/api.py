@@ -242,6 +242,8 @@ def traffic_response(data: dict[str, Any], window: Window) -> pb.GetTrafficRespo
                 requests=m["requests"],
                 prompt_tokens=m["prompt_tokens"],
                 completion_tokens=m["completion_tokens"],
+                failed=m["failed"],
+                error_rate=m["failed"] / m["requests"] if m["requests"] else 0.0,
             )
             for m in data["models"]
         ],

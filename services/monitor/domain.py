@@ -70,8 +70,9 @@ def stage_ms(timings: Iterable[StageTiming]) -> dict[str, float]:
     """Milliseconds per stage; a stage reported twice is summed."""
     result: dict[str, float] = {}
     for timing in timings:
-        if timing.stage:
-            result[timing.stage] = result.get(timing.stage, 0.0) + float(timing.duration_ms)
+        stage = timing.stage  # each read of a protobuf field builds a new str
+        if stage:
+            result[stage] = result.get(stage, 0.0) + timing.duration_ms  # a float already
     return result
 
 
@@ -91,6 +92,11 @@ def answered_row(
     moment = occurred_at(meta, received_at)
     stages = stage_ms(event.timings)
     mode = redaction.mode(tenant)
+    chunk_ids: list[str] = []
+    chunk_scores: list[float] = []
+    for chunk in event.context:  # one pass: each chunk's message wrapper is built once
+        chunk_ids.append(chunk.chunk_id)
+        chunk_scores.append(chunk.score)  # float32 in the event, a Python float here
     return {
         "correlation_id": meta.correlation_id,
         "event_id": meta.event_id,
@@ -109,8 +115,8 @@ def answered_row(
         "completion_tokens": event.usage.completion_tokens,
         "stage_ms": stages,
         "total_ms": total_ms(stages),
-        "chunk_ids": [c.chunk_id for c in event.context],
-        "chunk_scores": [float(c.score) for c in event.context],
+        "chunk_ids": chunk_ids,
+        "chunk_scores": chunk_scores,
         "cited_chunk_ids": [c.chunk_id for c in event.citations],
         "groundedness": groundedness,
         "error_reason": "",
@@ -132,8 +138,8 @@ def failed_row(event: QueryFailed, *, redaction: RedactionPolicy, received_at: d
         "question": "",
         "answer": "",
         "redaction": redaction.mode(tenant),
-        "model_name": "",
-        "model_version": "",
+        "model_name": event.model_name,
+        "model_version": event.model_version,
         "prompt_template_id": "",
         "prompt_template_version": "",
         "prompt_tokens": 0,

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
-from shared.text import content_word_set, content_words, sentences
+from shared.text import content_words, sentence_word_sets
 
 
 @lru_cache(maxsize=8192)
@@ -62,10 +62,7 @@ def judge_groundedness(
     """Supported and judged sentences of `answer` against the context texts (rule: module docstring)."""
     vocabulary = _vocabulary(tuple(context))
     judged = supported = 0
-    for sentence in sentences(answer):
-        words = content_word_set(sentence)
-        if not words:
-            continue
+    for words in sentence_word_sets(answer):  # sentences without content words are not judged
         judged += 1
         if len(words & vocabulary) / len(words) >= support_threshold:
             supported += 1

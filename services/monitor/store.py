@@ -375,10 +375,12 @@ WHERE {_where()}
 GROUP BY bucket
 ORDER BY bucket
 """
+# Per model version: answered requests and the failures attributed to a model (QueryFailed after routing).
 SQL_TRAFFIC_MODELS = f"""
-SELECT model_name, model_version, count(), sum(prompt_tokens), sum(completion_tokens)
+SELECT model_name, model_version, count(), sum(prompt_tokens), sum(completion_tokens),
+       countIf(status = 'failed')
 FROM requests FINAL
-WHERE {_where()} AND status = 'answered'
+WHERE {_where()} AND (status = 'answered' OR model_name != '')
 GROUP BY model_name, model_version
 ORDER BY model_name, model_version
 """
@@ -522,8 +524,9 @@ class MonitorStore:
                 "requests": int(n),
                 "prompt_tokens": int(pt),
                 "completion_tokens": int(ct),
+                "failed": int(failed),
             }
-            for name, version, n, pt, ct in self.db.query(SQL_TRAFFIC_MODELS, params)
+            for name, version, n, pt, ct, failed in self.db.query(SQL_TRAFFIC_MODELS, params)
         ]
         failures = {reason: int(n) for reason, n in self.db.query(SQL_FAILURES, params)}
         return {"buckets": buckets, "models": models, "failures": failures}

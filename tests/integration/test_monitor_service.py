@@ -61,6 +61,18 @@ def failed(tenant: str) -> QueryFailed:
     )
 
 
+def failed_in_generation(tenant: str, version: str) -> QueryFailed:
+    """A failure after the generator's routing chose tiny_llm `version`."""
+    return QueryFailed(
+        meta=new_meta(tenant_id=tenant, producer="generator"),
+        reason=FailureReason.FAILURE_REASON_DEADLINE_EXCEEDED,
+        detail="generation on tiny_llm unavailable after retries",
+        failed_stage="generator",
+        model_name="tiny_llm",
+        model_version=version,
+    )
+
+
 def monitor_process(kafka: str, workdir: Path, name: str, chdb: Path, group: str) -> ServiceProcess:
     env = {
         "LLMOPS_KAFKA_BOOTSTRAP_SERVERS": kafka,
@@ -132,11 +144,23 @@ async def list_requests(target: str, tenant: str) -> list[pb.RequestRecord]:
     return list(response.requests)
 
 
+def assert_traffic(traffic: pb.GetTrafficResponse) -> None:
+    """GetTraffic of 5 answers by tiny_llm v1, one retriever failure and one generator failure on v1."""
+    assert (traffic.requests, traffic.failed) == (7, 2)
+    assert traffic.error_rate == pytest.approx(2 / 7)
+    assert (traffic.prompt_tokens, traffic.completion_tokens) == (450, 60)
+    assert dict(traffic.failures_by_reason) == {"UNAVAILABLE": 1, "DEADLINE_EXCEEDED": 1}
+    # The generator's failure is attributed to tiny_llm v1; the retriever's to no version.
+    [model] = traffic.models
+    assert (model.model_name, model.model_version, model.requests, model.failed) == ("tiny_llm", "1", 6, 1)
+    assert model.error_rate == pytest.approx(1 / 6)
+
+
 async def test_every_request_is_recorded_once_with_stages_and_tenant(
     kafka: str, monitor: ServiceProcess, tenant: str
 ) -> None:
     answers = [answered(tenant) for _ in range(5)]
-    failures = [failed(tenant) for _ in range(2)]
+    failures = [failed(tenant), failed_in_generation(tenant, "1")]
     feedback = [
         FeedbackRecorded(
             meta=new_meta(tenant_id=tenant, producer="gateway", correlation_id=a.meta.correlation_id),
@@ -180,9 +204,10 @@ async def test_every_request_is_recorded_once_with_stages_and_tenant(
         record = by_id[failure.meta.correlation_id]
         assert (record.status, record.error_reason, record.failed_stage) == (
             pb.REQUEST_STATUS_FAILED,
-            "UNAVAILABLE",
-            "retriever",
+            FailureReason.Name(failure.reason).removeprefix("FAILURE_REASON_"),
+            failure.failed_stage,
         )
+        assert (record.model_name, record.model_version) == (failure.model_name, failure.model_version)
         assert not record.HasField("groundedness")
 
     latency = await call(target, "GetLatency", pb.GetLatencyRequest(tenant_id=tenant, window=window()))
@@ -192,11 +217,7 @@ async def test_every_request_is_recorded_once_with_stages_and_tenant(
     assert stages["generate"].p50_ms == pytest.approx(60.0)
     assert stages["total"].p99_ms == pytest.approx(76.5)
 
-    traffic = await call(target, "GetTraffic", pb.GetTrafficRequest(tenant_id=tenant, window=window()))
-    assert (traffic.requests, traffic.failed) == (7, 2)
-    assert traffic.error_rate == pytest.approx(2 / 7)
-    assert (traffic.prompt_tokens, traffic.completion_tokens) == (450, 60)
-    assert dict(traffic.failures_by_reason) == {"UNAVAILABLE": 2}
+    assert_traffic(await call(target, "GetTraffic", pb.GetTrafficRequest(tenant_id=tenant, window=window())))
 
     summary = await eventually(
         lambda: call(

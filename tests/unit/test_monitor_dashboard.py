@@ -75,6 +75,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonitorStore]:
         meta=new_meta(tenant_id=TENANT, producer="r"), reason=FailureReason.FAILURE_REASON_INTERNAL
     )
     rows.append(domain.failed_row(failed, redaction=RedactionPolicy(), received_at=now))
+    failed_in_generation = QueryFailed(  # after routing chose tiny_llm v1
+        meta=new_meta(tenant_id=TENANT, producer="generator"),
+        reason=FailureReason.FAILURE_REASON_UNAVAILABLE,
+        model_name="tiny_llm",
+        model_version="1",
+    )
+    rows.append(domain.failed_row(failed_in_generation, redaction=RedactionPolicy(), received_at=now))
     db.insert_requests(rows)
     yield db
     db.close()
@@ -109,7 +116,9 @@ def test_panel_sql_runs_on_the_monitor_schema(store: MonitorStore, title: str, s
 def test_panels_show_the_stored_requests(store: MonitorStore) -> None:
     queries = dict(panel_queries())
     [(_, requests, failed)] = store.db.query(expand_macros(queries["Requests per minute"]))
-    assert (int(requests), int(failed)) == (7, 1)
+    assert (int(requests), int(failed)) == (8, 2)
+    [(_, model, error_rate)] = store.db.query(expand_macros(queries["Error rate by model version"]))
+    assert (model, error_rate) == ("tiny_llm:1", pytest.approx(1 / 7))  # 6 answers + 1 failure on v1
     [(_, groundedness)] = store.db.query(expand_macros(queries["Groundedness (mean)"]))
     assert groundedness == pytest.approx(0.5)
     worst = store.db.query(expand_macros(queries["Worst-grounded answers"]))

@@ -89,7 +89,22 @@ def test_failed_row_names_the_reason_and_stage() -> None:
         "retriever",
     )
     assert row["groundedness"] is None
+    assert (row["model_name"], row["model_version"]) == ("", "")  # failed before a model was chosen
     assert domain.quality_sample(row).failed
+
+
+def test_failed_row_keeps_the_model_version_routing_chose() -> None:
+    event = QueryFailed(
+        meta=new_meta(tenant_id="acme", producer="generator"),
+        reason=FailureReason.FAILURE_REASON_DEADLINE_EXCEEDED,
+        detail="generation on gemma unavailable after retries",
+        failed_stage="generator",
+        model_name="gemma",
+        model_version="2",
+    )
+    row = domain.failed_row(event, redaction=STORE, received_at=NOW)
+    assert (row["status"], row["model_name"], row["model_version"]) == ("failed", "gemma", "2")
+    assert row["error_reason"] == "DEADLINE_EXCEEDED"
 
 
 def test_missing_event_time_falls_back_to_receipt() -> None:

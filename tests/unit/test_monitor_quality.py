@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from services.monitor.quality import (
@@ -12,7 +14,7 @@ from services.monitor.quality import (
     groundedness,
     judge_groundedness,
 )
-from shared.text import content_words, sentences
+from shared.text import content_word_set, content_words, sentence_word_sets, sentences
 
 CONTEXT = [
     "Kafka stores every topic as partitions of an ordered log. Consumers track offsets.",
@@ -66,6 +68,38 @@ def thresholds(**overrides: float) -> Thresholds:
     values: dict[str, float] = {"window_s": 60, "min_samples": 4, "cooldown_s": 30, "drift_reference_size": 3}
     values.update(overrides)
     return Thresholds(**values)  # type: ignore[arg-type]
+
+
+TRICKY_TEXTS = [
+    "a! .b c",  # a break before ".b" only when the blank before "." is not removed first
+    "x.\t\ny . z",
+    "Tab\tbefore\t. end",
+    "line\nbreak\n\nmore? yes!  no",
+    "3.5 e.g. i.e.  Ok",
+    "\x1cweird\x1f. sep",
+    "Caf\u00e9 ol\u00e9. Na\u00efve!  \u03a3\u0399\u03a3. Yes.",
+    "[1][2] . . .",
+    "Offsets [1, 2] replicate.\rLeaders? Elect [3].",
+    "",
+    "  ",
+]
+
+
+def _reference_word_sets(text: str) -> list[set[str]]:
+    return [words for words in map(content_word_set, sentences(text)) if words]
+
+
+@pytest.mark.parametrize("text", TRICKY_TEXTS)
+def test_sentence_word_sets_are_the_content_words_of_the_sentences(text: str) -> None:
+    assert sentence_word_sets(text) == _reference_word_sets(text)
+
+
+def test_sentence_word_sets_match_on_random_texts() -> None:
+    rng = random.Random(7)
+    alphabet = list("abcXYZ019 .!?,;:\t\n\r[]\x0b\x1c-_\u00e9\u03a3")
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert sentence_word_sets(text) == _reference_word_sets(text), repr(text)
 
 
 def test_no_alert_before_min_samples_then_low_groundedness_alerts() -> None:

@@ -76,12 +76,16 @@ def answered_row(
     return domain.answered_row(event, groundedness=groundedness, redaction=POLICY, received_at=at)
 
 
-def failed_row(tenant: str, correlation_id: str | None = None) -> dict[str, Any]:
+def failed_row(tenant: str, correlation_id: str | None = None, *, model_version: str = "") -> dict[str, Any]:
+    """A failure; with `model_version` one from the generator after routing chose tiny_llm."""
+    stage = "generator" if model_version else "retriever"
     event = QueryFailed(
-        meta=new_meta(tenant_id=tenant, producer="retriever", correlation_id=correlation_id),
+        meta=new_meta(tenant_id=tenant, producer=stage, correlation_id=correlation_id),
         reason=FailureReason.FAILURE_REASON_UNAVAILABLE,
         detail="down",
-        failed_stage="retriever",
+        failed_stage=stage,
+        model_name="tiny_llm" if model_version else "",
+        model_version=model_version,
     )
     return domain.failed_row(event, redaction=POLICY, received_at=NOW)
 
@@ -159,6 +163,33 @@ def test_traffic_tokens_errors_and_empty_retrievals(store: MonitorStore) -> None
         ("2", 1, 10),
     ]
     assert data["failures"] == {"UNAVAILABLE": 1}
+    # A failure before routing (the retriever's) belongs to no model version.
+    assert all(m["failed"] == 0 for m in data["models"])
+
+
+def test_error_rate_per_model_version_counts_failures_after_routing(store: MonitorStore) -> None:
+    store.insert_requests(
+        [answered_row("errors", model_version="1") for _ in range(3)]
+        + [failed_row("errors", model_version="1")]
+        + [answered_row("errors", model_version="2")]
+        + [failed_row("errors", model_version="2") for _ in range(3)]
+        + [failed_row("errors")]  # failed before generation: in the totals only
+    )
+    data = store.traffic(window("errors"), bucket_s=3600)
+    assert [(m["model_name"], m["model_version"], m["requests"], m["failed"]) for m in data["models"]] == [
+        ("tiny_llm", "1", 4, 1),
+        ("tiny_llm", "2", 4, 3),
+    ]
+    assert sum(b["failed"] for b in data["buckets"]) == 5
+    [(failed_v2,)] = store.db.query(
+        "SELECT sum(failed) FROM requests_per_minute WHERE tenant_id = {t:String} AND model_version = '2'",
+        {"t": "errors"},
+    )
+    assert int(failed_v2) == 3  # the per-minute rollup attributes them too
+    record = next(
+        r for r in store.list_requests(window("errors")) if r["status"] == "failed" and r["model_version"]
+    )
+    assert (record["model_name"], record["failed_stage"]) == ("tiny_llm", "generator")
 
 
 def test_groundedness_trend_and_worst_grounded(store: MonitorStore) -> None:

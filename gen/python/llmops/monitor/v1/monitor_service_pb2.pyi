@@ -140,18 +140,22 @@ class TrafficBucket(_message.Message):
     def __init__(self, start: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., failed: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class ModelTokens(_message.Message):
-    __slots__ = ("model_name", "model_version", "requests", "prompt_tokens", "completion_tokens")
+    __slots__ = ("model_name", "model_version", "requests", "prompt_tokens", "completion_tokens", "failed", "error_rate")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     requests: int
     prompt_tokens: int
     completion_tokens: int
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+    failed: int
+    error_rate: float
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., failed: _Optional[int] = ..., error_rate: _Optional[float] = ...) -> None: ...
 
 class GetTrafficRequest(_message.Message):
     __slots__ = ("tenant_id", "window", "bucket_seconds")

@@ -91,13 +91,17 @@ class QueryAnswered(_message.Message):
     def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., question: _Optional[str] = ..., answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[_query_pb2.Citation, _Mapping]]] = ..., context: _Optional[_Iterable[_Union[_query_pb2.RetrievedChunk, _Mapping]]] = ..., usage: _Optional[_Union[_query_pb2.TokenUsage, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., prompt_template_id: _Optional[str] = ..., prompt_template_version: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[_query_pb2.StageTiming, _Mapping]]] = ...) -> None: ...
 
 class QueryFailed(_message.Message):
-    __slots__ = ("meta", "reason", "detail", "failed_stage")
+    __slots__ = ("meta", "reason", "detail", "failed_stage", "model_name", "model_version")
     META_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     FAILED_STAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     meta: _event_meta_pb2.EventMeta
     reason: _query_pb2.FailureReason
     detail: str
     failed_stage: str
-    def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., reason: _Optional[_Union[_query_pb2.FailureReason, str]] = ..., detail: _Optional[str] = ..., failed_stage: _Optional[str] = ...) -> None: ...
+    model_name: str
+    model_version: str
+    def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., reason: _Optional[_Union[_query_pb2.FailureReason, str]] = ..., detail: _Optional[str] = ..., failed_stage: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
