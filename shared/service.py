@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic
 
 from aiokafka.structs import ConsumerRecord
 from faststream import FastStream
@@ -31,6 +32,26 @@ from shared.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 Lifespan = Callable[[], AbstractAsyncContextManager[None]]
+
+
+@dataclass(frozen=True)
+class FetchSizes:
+    """aiokafka's fetch sizes (its defaults here): what one poll may bring."""
+
+    fetch_max_bytes: int = 50 * 1024 * 1024
+    max_partition_fetch_bytes: int = 1024 * 1024
+    fetch_min_bytes: int = 1
+    fetch_max_wait_ms: int = 500
+
+
+@dataclass(frozen=True)
+class Route(Generic[M]):
+    """How one topic's records are handled: decoded as `message_type`, given to `handle` in batches,
+    through `guard` (None: the runtime's EventGuard, with its idempotency store)."""
+
+    message_type: type[M]
+    handle: Callable[[Decoded[M]], Awaitable[Rejected]]
+    guard: EventGuard | None = None
 
 
 class ServiceRuntime:
@@ -66,8 +87,22 @@ class ServiceRuntime:
         """Subscribe the service's group to `topic` in batches: `handle` gets the decoded, not yet
         processed events of each batch and returns those that failed for good (dead-lettered); the
         batch is committed after it, or redelivered on a transient error (EventGuard.process_batch)."""
+        self.consume_routes({topic: Route(message_type, handle)}, max_records=max_records, title=title)
+
+    def consume_routes(
+        self,
+        routes: Mapping[str, Route[Any]],
+        *,
+        max_records: int,
+        title: str,
+        fetch: FetchSizes | None = None,
+    ) -> None:
+        """`consume_batches` for several topics with one consumer (one group member: a start is one
+        join, not a rebalance per topic). A batch's records go, topic by topic, through their route's
+        guard and handler; a transient failure leaves the whole batch uncommitted."""
+        fetch = fetch or FetchSizes()
         subscriber = self.broker.subscriber(
-            topic,
+            *routes,
             group_id=self.settings.group_id,
             batch=True,
             max_records=max_records,
@@ -75,11 +110,21 @@ class ServiceRuntime:
             decoder=raw_records,
             auto_offset_reset="earliest",
             title=title,
+            fetch_max_bytes=fetch.fetch_max_bytes,
+            max_partition_fetch_bytes=fetch.max_partition_fetch_bytes,
+            fetch_min_bytes=fetch.fetch_min_bytes,
+            fetch_max_wait_ms=fetch.fetch_max_wait_ms,
         )
 
         @subscriber
         async def on_batch(records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
-            await self.guard.process_batch(records, message_type, handle)
+            by_topic: dict[str, list[ConsumerRecord[Any, Any]]] = {}
+            for record in records:
+                by_topic.setdefault(record.topic, []).append(record)
+            for topic, topic_records in by_topic.items():
+                route = routes[topic]
+                guard = route.guard or self.guard
+                await guard.process_batch(topic_records, route.message_type, route.handle)
 
     def app(
         self,

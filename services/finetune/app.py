@@ -48,7 +48,7 @@ from shared.bus import Decoded, Rejected, publish_event
 from shared.errors import PermanentError
 from shared.events import new_meta
 from shared.grpc_server import Registration
-from shared.service import ServiceRuntime
+from shared.service import Route, ServiceRuntime
 from shared.topics import (
     DELETE_REQUESTED,
     FEEDBACK_RECORDED,
@@ -218,18 +218,16 @@ def create_app(settings: FinetuneSettings | None = None) -> FastStream:
                 )
         return []
 
-    for topic, message_type, handle, title in (
-        (QUERY_ANSWERED.name, QueryAnswered, on_answered, "finetune:answered"),
-        (FEEDBACK_RECORDED.name, FeedbackRecorded, on_feedback, "finetune:feedback"),
-        (QUALITY_ALERTS.name, QualityAlert, on_alert, "finetune:quality-alerts"),
-    ):
-        runtime.consume_batches(
-            topic,
-            message_type,
-            handle,  # type: ignore[arg-type]
-            max_records=settings.max_batch_records,
-            title=title,
-        )
+    # One consumer for the three inputs: one group member, so a start is one join.
+    runtime.consume_routes(
+        {
+            QUERY_ANSWERED.name: Route(QueryAnswered, on_answered),
+            FEEDBACK_RECORDED.name: Route(FeedbackRecorded, on_feedback),
+            QUALITY_ALERTS.name: Route(QualityAlert, on_alert),
+        },
+        max_records=settings.max_batch_records,
+        title="finetune:inputs",
+    )
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:

@@ -20,10 +20,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka.structs import ConsumerRecord
 from faststream import FastStream
-from faststream.middlewares import AckPolicy
-from google.protobuf.message import Message
 from llmops.feedback.v1.events_pb2 import FeedbackRecorded
 from llmops.finetune.v1.events_pb2 import FineTuneJobUpdated, ModelVersionPromoted, ModelVersionRolledBack
 from llmops.ingest.v1.events_pb2 import DocumentDeleted, DocumentIndexed, DocumentIngestFailed
@@ -39,11 +36,11 @@ from services.monitor.quality import QualityMonitor, Thresholds, groundedness
 from services.monitor.redaction import RedactionPolicy
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import Retention, StoreRunner
-from shared.bus import Decoded, EventGuard, Rejected, publish_event, raw_records
+from shared.bus import Decoded, EventGuard, Rejected, publish_event
 from shared.clickhouse import ClickHouse, ClickHouseUnavailable, open_clickhouse
 from shared.errors import MalformedEventError
 from shared.grpc_server import Registration
-from shared.service import ServiceRuntime
+from shared.service import FetchSizes, Route, ServiceRuntime
 from shared.topics import (
     DOCUMENT_DELETED,
     DOCUMENT_INDEXED,
@@ -229,51 +226,35 @@ def create_app(
     feedback = inserter("feedback", lambda e, at: domain.feedback_row(e, redaction=policy, received_at=at))
     ingest = inserter("ingest_events", lambda e, at: domain.ingest_row(e, received_at=at))
     finetune = inserter("finetune_events", lambda e, at: domain.finetune_row(e, received_at=at))
-    routes: dict[str, tuple[type[Message], Callable[[Decoded[Any]], Any], EventGuard]] = {
-        QUERY_ANSWERED.name: (QueryAnswered, on_answered, sink_guard),
-        QUERY_FAILED.name: (QueryFailed, on_failed, sink_guard),
-        FEEDBACK_RECORDED.name: (FeedbackRecorded, feedback, sink_guard),
-        DOCUMENT_INDEXED.name: (DocumentIndexed, ingest, sink_guard),
-        DOCUMENT_DELETED.name: (DocumentDeleted, ingest, sink_guard),
-        INGEST_FAILED.name: (DocumentIngestFailed, ingest, sink_guard),
-        TELEMETRY_SPANS.name: (
-            TelemetrySpan,
-            inserter("spans", lambda e, at: domain.span_row(e, received_at=at)),
-            sink_guard,
+    routes: dict[str, Route[Any]] = {
+        QUERY_ANSWERED.name: Route(QueryAnswered, on_answered, sink_guard),
+        QUERY_FAILED.name: Route(QueryFailed, on_failed, sink_guard),
+        FEEDBACK_RECORDED.name: Route(FeedbackRecorded, feedback, sink_guard),
+        DOCUMENT_INDEXED.name: Route(DocumentIndexed, ingest, sink_guard),
+        DOCUMENT_DELETED.name: Route(DocumentDeleted, ingest, sink_guard),
+        INGEST_FAILED.name: Route(DocumentIngestFailed, ingest, sink_guard),
+        TELEMETRY_SPANS.name: Route(
+            TelemetrySpan, inserter("spans", lambda e, at: domain.span_row(e, received_at=at)), sink_guard
         ),
-        FINETUNE_JOBS.name: (FineTuneJobUpdated, finetune, sink_guard),
-        MODEL_PROMOTED.name: (ModelVersionPromoted, finetune, sink_guard),
-        MODEL_ROLLED_BACK.name: (ModelVersionRolledBack, finetune, sink_guard),
+        FINETUNE_JOBS.name: Route(FineTuneJobUpdated, finetune, sink_guard),
+        MODEL_PROMOTED.name: Route(ModelVersionPromoted, finetune, sink_guard),
+        MODEL_ROLLED_BACK.name: Route(ModelVersionRolledBack, finetune, sink_guard),
         # Embeddings only feed the drift window in memory: a replayed one must not count twice.
-        QUERY_EMBEDDED.name: (QueryEmbedded, on_embedded, runtime.guard),
+        QUERY_EMBEDDED.name: Route(QueryEmbedded, on_embedded),
     }
-    # One consumer for every topic (ServiceRuntime.consume_batches, with the monitor's fetch sizes): one
-    # member in the group, so a start is one join, not a rebalance per topic. A batch holds records of
-    # several topics; each topic's records go through its guard and handler in turn, and a transient
-    # failure leaves the whole batch uncommitted (redelivered; the sinks absorb what was already stored).
-    subscriber = broker.subscriber(
-        *routes,
-        group_id=settings.group_id,
-        batch=True,
+    # One consumer for every topic, with the monitor's fetch sizes (large batches into ClickHouse); the
+    # sinks absorb what a redelivered batch had already stored.
+    runtime.consume_routes(
+        routes,
         max_records=settings.max_batch_records,
-        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
-        fetch_max_bytes=settings.fetch_max_bytes,
-        fetch_min_bytes=settings.fetch_min_bytes,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        ack_policy=AckPolicy.NACK_ON_ERROR,  # commit after the batch, never past unprocessed work
-        decoder=raw_records,
-        auto_offset_reset="earliest",
         title="monitor:telemetry",
+        fetch=FetchSizes(
+            fetch_max_bytes=settings.fetch_max_bytes,
+            max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+            fetch_min_bytes=settings.fetch_min_bytes,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        ),
     )
-
-    @subscriber
-    async def on_batch(records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
-        by_topic: dict[str, list[ConsumerRecord[Any, Any]]] = {}
-        for record in records:
-            by_topic.setdefault(record.topic, []).append(record)
-        for topic, topic_records in by_topic.items():
-            message_type, handle, guard = routes[topic]
-            await guard.process_batch(topic_records, message_type, handle)
 
     def registrations() -> Iterable[Registration]:
         return [
