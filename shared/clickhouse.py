@@ -17,6 +17,7 @@ writes to ClickHouse then leaves its offsets uncommitted and catches up once the
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -85,13 +86,35 @@ def _epoch_s(value: datetime) -> float | str:
     return seconds if seconds >= 0 else _json_value(value)
 
 
+def _float_text(value: float) -> str:
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def _finite_safe(value: Any) -> Any:
+    """NaN and infinities (in a float, a list of floats or a map to floats) as the text ClickHouse reads
+    for them: JSON has no form for them and orjson would write null, which a Float64 column stores as
+    0. One C-level sum tells whether a list or map holds any, so finite data costs next to nothing."""
+    if type(value) is float:
+        return value if math.isfinite(value) else _float_text(value)
+    if type(value) is list and value and type(value[0]) is float:
+        return value if math.isfinite(sum(value)) else [_finite_safe(v) for v in value]
+    if type(value) is dict and value:
+        values = value.values()
+        if type(next(iter(values))) is float and not math.isfinite(sum(values)):
+            return {k: _finite_safe(v) for k, v in value.items()}
+    return value
+
+
 def _json_column(column: list[Any]) -> list[Any]:
     """A column of datetimes as epoch seconds with microseconds (ClickHouse parses the decimal text
-    and keeps the column's precision, as from the formatted time, ~10x cheaper than strftime); any
-    other column unchanged. A datetime that does not lead its column is still written by _json_value."""
+    and keeps the column's precision, as from the formatted time, ~10x cheaper than strftime); floats,
+    lists and maps with NaN or infinities as ClickHouse's text for them; any other column unchanged. A
+    datetime that does not lead its column is still written by _json_value."""
     first = next((v for v in column if v is not None), None)
     if isinstance(first, datetime):
         return [_epoch_s(v) if isinstance(v, datetime) else v for v in column]
+    if isinstance(first, float | list | dict):
+        return [_finite_safe(v) for v in column]
     return column
 
 
@@ -126,8 +149,8 @@ class ChdbClickHouse:
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """One INSERT of all rows, column-oriented: one JSON document `[[column 1], [column 2], ...]`
-        (FORMAT JSONCompactColumns) written by json's C encoder and streamed in with send_insert, so
-        no per-row Python encoding and no SQL parsing of the data."""
+        (FORMAT JSONCompactColumns) written by orjson and streamed in with send_insert, so no per-row
+        Python encoding and no SQL parsing of the data."""
         if not rows:
             return
         data = [list(column) for column in zip(*rows, strict=True)]

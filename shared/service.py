@@ -123,7 +123,7 @@ class ServiceRuntime:
                 by_topic.setdefault(record.topic, []).append(record)
             for topic, topic_records in by_topic.items():
                 route = routes[topic]
-                guard = route.guard or self.guard
+                guard = route.guard if route.guard is not None else self.guard
                 await guard.process_batch(topic_records, route.message_type, route.handle)
 
     def app(

@@ -11,8 +11,9 @@ mean groundedness, and feedback (thumbs down, ratings). `decide` turns the two s
   canary's own mean rating is then compared with ``min_mean_rating``.
 - ``widen`` (to the next rollout stage, or the full rollout after the last) once the canary has
   served ``stage_requests`` requests and got ``min_feedback`` feedback events at its current share
-  without any regression. Regressions are judged on everything since the promotion; the evidence to
-  widen is counted per stage, so each larger share is earned at the share before it.
+  without any regression. Regressions are judged on everything since the promotion (request and
+  failure counts and feedback over the whole window; groundedness over the newest 1,000 requests); the
+  evidence to widen is counted per stage, so each larger share is earned at the share before it.
 - ``wait`` otherwise.
 """
 
@@ -161,14 +162,21 @@ def decide(
 
 
 def version_stats(
-    requests: Iterable[dict[str, Any]], feedback: Iterable[dict[str, Any]], model: str, version: str
+    requests: Iterable[dict[str, Any]],
+    feedback: Iterable[dict[str, Any]],
+    model: str,
+    version: str,
+    traffic: Iterable[dict[str, Any]] | None = None,
 ) -> VersionStats:
     """One version's stats from the monitor's rows: requests as ``{"model_name", "model_version",
-    "failed", "groundedness"}`` dicts (ListRequests) and feedback per model version as
-    ``{"model_name", "model_version", "total", "down", "rated", "mean_rating"}`` (GetFeedbackSummary;
-    a version may appear once per template version, so the counts are summed)."""
+    "failed", "groundedness"}`` dicts (ListRequests: the newest rows, a sample), feedback per model
+    version as ``{"model_name", "model_version", "total", "down", "rated", "mean_rating"}``
+    (GetFeedbackSummary; a version may appear once per template version, so the counts are summed), and
+    the counts of every request in the window as ``{"model_name", "model_version", "requests",
+    "failed"}`` (GetTraffic; without them the sample's counts are used)."""
     mine = [r for r in requests if r["model_name"] == model and r["model_version"] == version]
     scores = [float(r["groundedness"]) for r in mine if r.get("groundedness") is not None]
+    counted = [t for t in traffic or () if t["model_name"] == model and t["model_version"] == version]
     total = down = rated = 0
     rating_sum = 0.0
     for f in feedback:
@@ -178,8 +186,10 @@ def version_stats(
             rated += int(f["rated"])
             rating_sum += float(f["mean_rating"]) * int(f["rated"])
     return VersionStats(
-        requests=len(mine),
-        failed=sum(1 for r in mine if r["failed"]),
+        requests=sum(int(t["requests"]) for t in counted) if traffic is not None else len(mine),
+        failed=sum(int(t["failed"]) for t in counted)
+        if traffic is not None
+        else sum(1 for r in mine if r["failed"]),
         scored=len(scores),
         groundedness=sum(scores) / len(scores) if scores else None,
         feedback=total,

@@ -40,12 +40,17 @@ def _sync_tree(root: Path) -> None:
 
 @contextmanager
 def staged_dir(
-    final: Path, *, label: str, before_rename: Callable[[Path], None] | None = None
+    final: Path,
+    *,
+    label: str,
+    exist_ok: bool = True,
+    before_rename: Callable[[Path], None] | None = None,
 ) -> Iterator[Path]:
     """An empty staging folder for the content of `final`, renamed into place when the block ends
-    without an error (module docstring). When `final` appeared meanwhile, its content is the same by
-    construction and the staging folder is dropped. `before_rename(staging)` runs just before the
-    rename (tests use it to simulate a crash)."""
+    without an error (module docstring). When `final` appeared meanwhile: with `exist_ok` (content that
+    is the same by construction, e.g. a content-addressed dataset) the staging folder is dropped;
+    without it the rename's error propagates (another writer took the name). `before_rename(staging)`
+    runs just before the rename (tests use it to simulate a crash)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{label}-", dir=final.parent))
     try:
@@ -56,7 +61,7 @@ def staged_dir(
         try:
             os.rename(staging, final)
         except OSError:
-            if not final.is_dir():
+            if not (exist_ok and final.is_dir()):
                 raise
         else:
             fsync_dir(final.parent)

@@ -154,7 +154,7 @@ class ModelRepository:
         self.prepare()
         version = self.next_version()
         with staged_dir(
-            self.version_dir(version), label=str(version), before_rename=before_rename
+            self.version_dir(version), label=str(version), exist_ok=False, before_rename=before_rename
         ) as staging:
             shutil.copy2(self.template / "model.py", staging / "model.py")
             shutil.copytree(base_dir, staging / "base", ignore=shutil.ignore_patterns("manifest.json"))
@@ -270,6 +270,12 @@ class MonitorClient:
                 monitor_pb.GetFeedbackSummaryRequest(tenant_id=tenant_id, window=window),
                 timeout=self.timeout_s,
             )
+            # Every request of the window counted per version (ListRequests is the newest 1,000 only:
+            # at a 0.1 share that would never reach a stage's request count).
+            counted = await stub.GetTraffic(
+                monitor_pb.GetTrafficRequest(tenant_id=tenant_id, window=window, bucket_seconds=86_400),
+                timeout=self.timeout_s,
+            )
         requests = [
             {
                 "model_name": r.model_name,
@@ -290,7 +296,16 @@ class MonitorClient:
             }
             for m in summary.models
         ]
-        return {v: version_stats(requests, feedback, model, v) for v in versions}
+        traffic = [
+            {
+                "model_name": m.model_name,
+                "model_version": m.model_version,
+                "requests": m.requests,
+                "failed": m.failed,
+            }
+            for m in counted.models
+        ]
+        return {v: version_stats(requests, feedback, model, v, traffic) for v in versions}
 
 
 # --- the promoter -----------------------------------------------------------------------------------------

@@ -85,6 +85,7 @@ def rollout_event(record: ConsumerRecord[Any, Any]) -> RolloutEvent:
             version=promoted.model_version,
             traffic_share=promoted.traffic_share,
             tenant=promoted.scope_tenant_id,
+            previous=promoted.previous_version,
         )
     rolled_back = parse_event(record.value, declared_type, ModelVersionRolledBack)
     return RolloutEvent(

@@ -24,8 +24,10 @@ policy: `RolloutLog` folds every event seen over the configured policy in event-
 then event id), so every generator replica, and a replica that replays both topics after a restart in
 whatever interleaving, arrives at the same policy. An event only moves the policy when its model is the
 default's model (a promoted version replaces versions of the same model; a generator serving another
-model ignores it), and pins are never changed by events. An event scoped to a tenant moves only that
-tenant's route (created from the default on its first event, dropped when it is the default again).
+model ignores it), and pins are never changed by events. A default without a version number (Triton's
+latest) is pinned to the event's stable version first: the latest is the version being rolled out. An
+event scoped to a tenant moves only that tenant's route (created from the default on its first event,
+dropped when it is the default again).
 """
 
 from __future__ import annotations
@@ -249,6 +251,12 @@ class RolloutEvent:
     traffic_share: float = 1.0
     restored: str = ""
     tenant: str = ""  # the tenant whose route moves; "": every tenant's unpinned traffic
+    previous: str = ""  # a promotion's stable version (what the new version was compared with)
+
+    @property
+    def stable_version(self) -> str:
+        """The numbered version that serves beside (or instead of) this event's version."""
+        return self.previous if self.kind == "promoted" else self.restored
 
     @property
     def target(self) -> ModelTarget:
@@ -260,6 +268,10 @@ def apply_rollout(policy: RoutingPolicy, event: RolloutEvent) -> RoutingPolicy:
     or would not change anything, e.g. a repeated or out-of-date event)."""
     if event.model != policy.default.model or not event.version.isdigit():
         return policy
+    if not policy.default.version and event.stable_version.isdigit():
+        # Triton serves version "" as its latest, which is now the version being rolled out: name the
+        # stable one, or every request (and every other tenant) would get the new version.
+        policy = replace(policy, default=ModelTarget(policy.default.model, event.stable_version))
     if event.tenant:
         return policy.with_route(event.tenant, _moved(policy.route_of(event.tenant), event))
     return _moved(policy, event)

@@ -181,6 +181,8 @@ def create_app(settings: RetrieverSettings | None = None) -> FastStream:
             )
             return None
         started = time.perf_counter()
+        left = seconds_left(request)
+        window = retry_window(left, settings.search_retry_cap_s)
         try:
             tenants.check(event.meta.tenant_id)
             options = domain.effective_options(
@@ -191,7 +193,7 @@ def create_app(settings: RetrieverSettings | None = None) -> FastStream:
                 request.question,
                 list(event.vector),
                 options,
-                within_s=retry_window(seconds_left(request), settings.search_retry_cap_s),
+                within_s=window,
             )
         except PermanentError as exc:
             await publish_query_failed(
@@ -203,10 +205,10 @@ def create_app(settings: RetrieverSettings | None = None) -> FastStream:
             )
             return (record, exc)
         except RetryableError as exc:
-            # Retried up to the request's deadline (or the store's budget without one): the caller
-            # gets a clear answer now.
-            left = seconds_left(request)
-            past_deadline = left is not None and left <= DEADLINE_MARGIN_S
+            # Retried up to the request's deadline (or the store's budget without one, or the cap): the
+            # caller gets a clear answer now. Retries stop before a sleep that would pass the deadline,
+            # so a deadline-bound window ends in DEADLINE_EXCEEDED even with a moment left.
+            past_deadline = window is not None and window < settings.search_retry_cap_s
             await publish_query_failed(
                 broker,
                 request,

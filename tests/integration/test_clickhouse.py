@@ -38,3 +38,25 @@ def test_embedded_engine_dedupes_by_event_id_and_persists(tmp_path: Path) -> Non
     reopened = ChdbClickHouse(tmp_path / "ch")
     assert reopened.query("SELECT count() FROM spans FINAL") == [(2,)]
     reopened.close()
+
+
+def test_nan_and_infinities_are_stored_as_such_not_as_zero(tmp_path: Path) -> None:
+    """JSON has no NaN: written as null, a Float64 would store 0 (a diverged job's loss read as perfect)."""
+    db = ChdbClickHouse(tmp_path / "ch")
+    db.command(
+        "CREATE TABLE m (id String, loss Float64, scores Array(Float64), metrics Map(String, Float64))"
+        " ENGINE = MergeTree ORDER BY id"
+    )
+    nan, inf = float("nan"), float("inf")
+    rows = [
+        ("a", nan, [0.5, -inf], {"eval_loss": nan, "f1": 0.25}),
+        ("b", 1.5, [0.5, 0.25], {"eval_loss": 2.0}),
+    ]
+    db.insert("m", ["id", "loss", "scores", "metrics"], rows)
+    got = db.query(
+        "SELECT id, isNaN(loss), toString(scores), isNaN(metrics['eval_loss']), metrics['f1'], loss "
+        "FROM m ORDER BY id"
+    )
+    assert got[0][:5] == ("a", 1, "[0.5,-inf]", 1, 0.25)
+    assert got[1] == ("b", 0, "[0.5,0.25]", 0, 0.0, 1.5)
+    db.close()

@@ -90,6 +90,14 @@ def test_version_stats_from_monitor_rows() -> None:
     )
     assert stats.error_rate == pytest.approx(1 / 3) and stats.down_share == 0.5
     assert version_stats([], [], "m", "3") == VersionStats()
+    # The counts of the whole window (GetTraffic) win over the newest-rows sample (ListRequests).
+    traffic = [
+        {"model_name": "m", "model_version": "2", "requests": 2500, "failed": 40},
+        {"model_name": "m", "model_version": "1", "requests": 22500, "failed": 10},
+    ]
+    counted = version_stats(requests, feedback, "m", "2", traffic)
+    assert (counted.requests, counted.failed, counted.groundedness) == (2500, 40, 0.75)
+    assert version_stats(requests, feedback, "m", "3", traffic).requests == 0
 
 
 def test_widening_counts_the_evidence_at_the_current_share_only() -> None:

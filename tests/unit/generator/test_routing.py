@@ -236,8 +236,9 @@ def rollout(  # noqa: PLR0917 - a compact way to write event tables
     restored: str = "",
     model: str = "gemma",
     tenant: str = "",
+    previous: str = "",
 ) -> RolloutEvent:
-    return RolloutEvent(event_id, at_ms, kind, model, version, share, restored, tenant)  # type: ignore[arg-type]
+    return RolloutEvent(event_id, at_ms, kind, model, version, share, restored, tenant, previous)  # type: ignore[arg-type]
 
 
 def test_promotion_event_starts_a_canary_then_widens_it() -> None:
@@ -321,3 +322,17 @@ def test_tenant_routes_survive_global_moves_and_the_json_form() -> None:
     assert RoutingPolicy.from_json(moved.to_json()) == moved
     with pytest.raises(ValueError, match="tenant route"):
         RoutingPolicy(default=STABLE, tenant_routes={"b": RoutingPolicy(default=STABLE, pinned={"x": TINY})})
+
+
+def test_a_default_without_version_is_pinned_to_the_stable_one_before_a_rollout() -> None:
+    """Triton serves version "" as its latest, which is the version being rolled out: unpinned, every
+    other tenant (and the canary's stable leg) would get the tenant's fine-tuned version."""
+    latest = RoutingPolicy(default=ModelTarget("gemma"))
+    ids = correlation_ids(500, seed=13)
+    scoped = apply_rollout(latest, rollout("e1", 1, "promoted", "2", 0.5, tenant="bakery", previous="1"))
+    assert scoped.default == STABLE
+    assert {scoped.choose("other", cid) for cid in ids} == {STABLE}
+    assert {scoped.choose("bakery", cid) for cid in ids} == {STABLE, CANDIDATE}
+    everyone = apply_rollout(latest, rollout("e2", 2, "promoted", "2", 0.1, previous="1"))
+    assert {everyone.choose("t", cid) for cid in ids} == {STABLE, CANDIDATE}
+    assert apply_rollout(latest, rollout("e3", 3, "rolled_back", "2", restored="1")).default == STABLE
