@@ -26,8 +26,9 @@ whatever interleaving, arrives at the same policy. An event only moves the polic
 default's model (a promoted version replaces versions of the same model; a generator serving another
 model ignores it), and pins are never changed by events. A default without a version number (Triton's
 latest) is pinned to the event's stable version first: the latest is the version being rolled out. An
-event scoped to a tenant moves only that tenant's route (created from the default on its first event,
-dropped when it is the default again).
+event scoped to a tenant moves only that tenant's route: created on its first event, its stable side
+follows the global default (a global move moves it too) until the tenant's own version is fully rolled
+out; dropped when it is just the global default again.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class RoutingPolicy:
     canary: Sequence[Split] = ()
     # Routes of single tenants (tenant-scoped rollouts): a default and a canary each.
     tenant_routes: Mapping[str, RoutingPolicy] = field(default_factory=dict)
+    # A tenant route whose stable side is whatever the global default is now (its canary started on
+    # top of the global default): it follows global moves instead of keeping a copy of the default.
+    follows_default: bool = False
 
     def __post_init__(self) -> None:
         # Own copies, so the caller's dict or list cannot change the policy afterwards.
@@ -92,6 +96,8 @@ class RoutingPolicy:
                 raise ValueError("a pinned or routed tenant id is empty")
         if any(route.pinned or route.tenant_routes for route in self.tenant_routes.values()):
             raise ValueError("a tenant route has only a default and a canary")
+        if self.follows_default and (self.pinned or self.tenant_routes):
+            raise ValueError("only a tenant route follows the default")
         if self.canary:
             total = math.fsum(split.weight for split in self.canary)
             if abs(total - 1.0) > WEIGHT_TOLERANCE:
@@ -107,7 +113,7 @@ class RoutingPolicy:
             return pinned
         route = self.tenant_routes.get(tenant_id)
         if route is not None:
-            return route.choose(tenant_id, correlation_id)
+            return route.rebased(self.default).choose(tenant_id, correlation_id)
         if not self.canary:
             return self.default
         point = stable_fraction(correlation_id)
@@ -129,8 +135,9 @@ class RoutingPolicy:
         return replace(self, canary=(Split(new, share), Split(self.default, 1.0 - share)))
 
     def promote(self, target: ModelTarget) -> RoutingPolicy:
-        """``target`` becomes the default and the canary ends; pins and tenant routes are kept."""
-        return replace(self, default=target, canary=())
+        """``target`` becomes the default and the canary ends; pins and tenant routes are kept (a tenant
+        route promoted to its own version no longer follows the global default)."""
+        return replace(self, default=target, canary=(), follows_default=False)
 
     def rollback(self) -> RoutingPolicy:
         """The canary ends and the default keeps serving; pins and tenant routes are kept."""
@@ -142,22 +149,37 @@ class RoutingPolicy:
     def without_pin(self, tenant_id: str) -> RoutingPolicy:
         return replace(self, pinned={t: target for t, target in self.pinned.items() if t != tenant_id})
 
+    def rebased(self, default: ModelTarget) -> RoutingPolicy:
+        """A following route with `default` (the global default now) as its stable side."""
+        if not self.follows_default or default == self.default:
+            return self
+        canary = [Split(default if s.target == self.default else s.target, s.weight) for s in self.canary]
+        if len({s.target for s in canary}) != len(canary):  # its canary became the global default
+            canary = []
+        return replace(self, default=default, canary=canary)
+
     def route_of(self, tenant_id: str) -> RoutingPolicy:
-        """The tenant's own route, or a fresh one from the default."""
-        return self.tenant_routes.get(tenant_id) or RoutingPolicy(default=self.default)
+        """The tenant's own route on today's global default, or a fresh one that follows it."""
+        route = self.tenant_routes.get(tenant_id)
+        if route is None:
+            return RoutingPolicy(default=self.default, follows_default=True)
+        return route.rebased(self.default)
 
     def with_route(self, tenant_id: str, route: RoutingPolicy) -> RoutingPolicy:
-        """The tenant follows `route` (dropped when it is just the default again)."""
+        """The tenant takes `route` (dropped when it is just the global default again)."""
         routes = {t: r for t, r in self.tenant_routes.items() if t != tenant_id}
-        if route != RoutingPolicy(default=self.default):
+        if route.canary or not (route.follows_default or route.default == self.default):
             routes[tenant_id] = route
         return replace(self, tenant_routes=routes)
 
     def _route_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "default": _target_json(self.default),
             "canary": [{**_target_json(split.target), "weight": split.weight} for split in self.canary],
         }
+        if self.follows_default:
+            data["follows_default"] = True
+        return data
 
     def to_json(self) -> str:
         data = {
@@ -187,14 +209,18 @@ class RoutingPolicy:
         canary = obj.get("canary", [])
         if not isinstance(canary, list):
             raise ValueError(f"{where}: 'canary' must be a list")
+        follows = obj.get("follows_default", False)
+        if not isinstance(follows, bool):
+            raise ValueError(f"{where}: 'follows_default' must be true or false")
         return cls(
             default=_target(obj["default"], "'default'"),
             pinned={tenant: _target(value, f"pinned[{tenant!r}]") for tenant, value in pinned.items()},
             canary=[_split(value, f"canary[{i}]") for i, value in enumerate(canary)],
             tenant_routes={
-                tenant: cls._from_obj(value, f"tenants[{tenant!r}]", {"default", "canary"})
+                tenant: cls._from_obj(value, f"tenants[{tenant!r}]", {"default", "canary", "follows_default"})
                 for tenant, value in tenants.items()
             },
+            follows_default=follows,
         )
 
 

@@ -336,3 +336,19 @@ def test_a_default_without_version_is_pinned_to_the_stable_one_before_a_rollout(
     everyone = apply_rollout(latest, rollout("e2", 2, "promoted", "2", 0.1, previous="1"))
     assert {everyone.choose("t", cid) for cid in ids} == {STABLE, CANDIDATE}
     assert apply_rollout(latest, rollout("e3", 3, "rolled_back", "2", restored="1")).default == STABLE
+
+
+def test_a_tenant_canary_rides_on_the_global_default_as_it_moves() -> None:
+    """A tenant's canary started on the global default: a later global rollout moves the tenant's stable
+    side too, and the tenant's rollback leaves it on the global default, not on a stale copy."""
+    v3 = ModelTarget("gemma", "3")
+    ids = correlation_ids(1000, seed=14)
+    log = RolloutLog(RoutingPolicy(default=STABLE))
+    log.add(rollout("a", 1, "promoted", "2", 0.1, tenant="bakery", previous="1"))
+    log.add(rollout("b", 2, "promoted", "3", 1.0, previous="1"))  # a global full rollout
+    assert {log.policy.choose("bakery", cid) for cid in ids} == {v3, CANDIDATE}
+    assert {log.policy.choose("other", cid) for cid in ids} == {v3}
+    assert RoutingPolicy.from_json(log.policy.to_json()) == log.policy
+    log.add(rollout("c", 3, "rolled_back", "2", restored="1", tenant="bakery"))
+    assert {log.policy.choose("bakery", cid) for cid in ids} == {v3}
+    assert log.policy == RoutingPolicy(default=v3)
