@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,55 +241,19 @@ async def test_service_killed_under_load_loses_no_request(kafka: str, platform: 
     assert bus["bus_outcomes_missing"] == 0, bus
 
 
-async def test_triton_down_30s_long_deadlines_answered_short_ones_fail_clearly(
-    kafka: str, platform: Platform
-) -> None:
-    triton = platform.stack.triton
-    long_load = platform.load("triton", deadline_s=LONG_DEADLINE_S, concurrency=4)
-    short_load = platform.load("triton", deadline_s=SHORT_DEADLINE_S, concurrency=2, stream_every=0)
-    await wait_for(lambda: sum(o.ok for o in long_load.outcomes) >= 5, 60)
-    down_at = time.monotonic()
-    triton.process().kill()
-    await asyncio.sleep(OUTAGE_S / 3)
-    # Calls asked in the middle of the outage, with a deadline that outlasts it.
-    probes = [
-        asyncio.create_task(long_load.ask(QUESTIONS[i % len(QUESTIONS)], stream=i % 2 == 0)) for i in range(4)
-    ]
-    await asyncio.sleep(OUTAGE_S - (time.monotonic() - down_at))
-    await asyncio.to_thread(triton.start)
-    up_at = time.monotonic()
-    during = list(await asyncio.gather(*probes))
-    short = await short_load.stop()
-    long = await long_load.stop()
-    outcomes = [*long, *short, *during]
-    check_calls(outcomes)
-    assert all(platform.alive().values()), platform.alive()
-    # The generator retried them within their deadline: answered after the recovery.
-    assert all(o.ok for o in during), summarize(during)
-    # Short calls asked during the outage: failed before their deadline, with the reason.
-    short_during = [o for o in short if down_at + 1 < o.started and o.ended < up_at]
-    assert short_during and not any(o.ok for o in short_during), summarize(short_during)
-    bus = await check_requests_recorded(kafka, platform, "triton", outcomes)
-    platform.figures["triton down"] = phase_figures(
-        outcomes,
-        outage_s=round(up_at - down_at, 1),
-        long_during_outage=summarize(during),
-        short_during_outage=summarize(short_during),
-        answered_after_recovery_s=round(max(o.ended for o in during) - up_at, 1),
-        **bus,
-    )
-    assert bus["bus_outcomes_missing"] == 0, bus
-
-
-async def test_weaviate_down_30s_long_deadlines_answered_short_ones_fail_clearly(
-    kafka: str, platform: Platform
-) -> None:
-    weaviate = platform.stack.weaviate
-    long_load = platform.load("weaviate", deadline_s=LONG_DEADLINE_S, concurrency=4)
-    short_load = platform.load("weaviate", deadline_s=SHORT_DEADLINE_S, concurrency=2, stream_every=0)
+async def outage_under_load(
+    kafka: str, platform: Platform, phase: str, stop: Callable[[], object], start: Callable[[], object]
+) -> list[CallOutcome]:
+    """A dependency down for OUTAGE_S under gRPC load with long (outlasting the outage) and short
+    deadlines. Checks every call, that no service died, that the long-deadline calls asked in the middle
+    of the outage were answered after the recovery (the stage retried up to their deadline), and that
+    the monitor recorded every request once; records the phase's figures. Returns the short-deadline
+    calls asked during the outage, for the test's own assertion on how they failed."""
+    long_load = platform.load(phase, deadline_s=LONG_DEADLINE_S, concurrency=4)
+    short_load = platform.load(phase, deadline_s=SHORT_DEADLINE_S, concurrency=2, stream_every=0)
     await wait_for(lambda: sum(o.ok for o in long_load.outcomes) >= 5, 60)
     stopping_at = time.monotonic()
-    weaviate.stop()
+    stop()
     down_at = time.monotonic()
     await asyncio.sleep(OUTAGE_S / 3)
     # Calls asked in the middle of the outage, with a deadline that outlasts it.
@@ -297,7 +261,7 @@ async def test_weaviate_down_30s_long_deadlines_answered_short_ones_fail_clearly
         asyncio.create_task(long_load.ask(QUESTIONS[i % len(QUESTIONS)], stream=i % 2 == 0)) for i in range(4)
     ]
     await asyncio.sleep(max(OUTAGE_S - (time.monotonic() - stopping_at), 0))
-    await asyncio.to_thread(weaviate.start)
+    await asyncio.to_thread(start)
     up_at = time.monotonic()
     during = list(await asyncio.gather(*probes))
     short = await short_load.stop()
@@ -306,14 +270,12 @@ async def test_weaviate_down_30s_long_deadlines_answered_short_ones_fail_clearly
 
     check_calls(outcomes)
     assert all(platform.alive().values()), platform.alive()
-    # The retriever retried Weaviate up to each request's deadline: answered after the recovery.
+    # Retried up to each request's deadline: answered after the recovery.
     assert all(o.ok for o in during), summarize(during)
-    # Short calls asked during the outage: failed at their deadline, with the reason.
     short_during = [o for o in short if down_at + 1 < o.started and o.ended < up_at]
     assert short_during, summarize(short)
-    assert {o.code for o in short_during} == {"DEADLINE_EXCEEDED"}, summarize(short_during)
-    bus = await check_requests_recorded(kafka, platform, "weaviate", outcomes)
-    platform.figures["weaviate down"] = phase_figures(
+    bus = await check_requests_recorded(kafka, platform, phase, outcomes)
+    platform.figures[f"{phase} down"] = phase_figures(
         outcomes,
         outage_s=round(up_at - stopping_at, 1),
         long_during_outage=summarize(during),
@@ -322,6 +284,25 @@ async def test_weaviate_down_30s_long_deadlines_answered_short_ones_fail_clearly
         **bus,
     )
     assert bus["bus_outcomes_missing"] == 0, bus
+    return short_during
+
+
+async def test_triton_down_30s_long_deadlines_answered_short_ones_fail_clearly(
+    kafka: str, platform: Platform
+) -> None:
+    triton = platform.stack.triton
+    short_during = await outage_under_load(kafka, platform, "triton", triton.process().kill, triton.start)
+    # Failed before their deadline, with the reason.
+    assert not any(o.ok for o in short_during), summarize(short_during)
+
+
+async def test_weaviate_down_30s_long_deadlines_answered_short_ones_fail_clearly(
+    kafka: str, platform: Platform
+) -> None:
+    weaviate = platform.stack.weaviate
+    short_during = await outage_under_load(kafka, platform, "weaviate", weaviate.stop, weaviate.start)
+    # The retriever retried Weaviate up to their deadline, then said so.
+    assert {o.code for o in short_during} == {"DEADLINE_EXCEEDED"}, summarize(short_during)
 
 
 async def test_clickhouse_unavailable_30s_loses_no_telemetry(kafka: str, platform: Platform) -> None:
