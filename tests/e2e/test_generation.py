@@ -21,7 +21,13 @@ from llmops.query.v1.query_pb2 import FailureReason, RetrievedChunk
 
 from shared.events import new_meta
 from shared.topics import CONTEXT_RETRIEVED
-from tests.support.kafka_tools import create_topics, produce_events, read_all, unique_topic
+from tests.support.kafka_tools import (
+    commit_group_at_end,
+    create_topics,
+    produce_events,
+    read_all,
+    unique_topic,
+)
 from tests.support.processes import ServiceProcess, closed_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -159,21 +165,28 @@ async def test_triton_down_gives_query_failed_and_the_service_keeps_running(
 ) -> None:
     # Its own tenant: the live generator (another consumer group) refuses these as unknown.
     workdir = tmp_path_factory.mktemp("gen-down")
+    # Only this test's events: a new group would otherwise first work through every earlier
+    # test's records on the shared topic, which on a busy CI machine can outlast the deadline.
+    await commit_group_at_end(kafka, CONTEXT_RETRIEVED.name, "generator-gen-down")
     proc = generator(kafka, f"127.0.0.1:{closed_port()}", workdir, "gen-down", tenants="tenant-down")
     try:
         reply_topic = unique_topic("down")
         await create_topics(kafka, reply_topic, partitions=1)
-        events = [context_event("tenant-down", reply_topic, deadline_s=3.0) for _ in range(2)]
+        events = [context_event("tenant-down", reply_topic, deadline_s=6.0) for _ in range(2)]
         await produce_events(kafka, CONTEXT_RETRIEVED.name, events)
+        # 4 replies: one failure from this generator per event, and the live generator's refusal
+        # of an unknown tenant.
+        everything = await read_all(kafka, reply_topic, expected=4, timeout_s=30)
         for event in events:
-            records = await replies(kafka, reply_topic, event.meta.correlation_id, expected=4, timeout_s=15)
-            failures = []
+            records = [r for r in everything if r.key == event.meta.correlation_id.encode()]
+            failures, details = [], []
             for record in records:
                 failed = QueryFailed()
                 failed.ParseFromString(record.value)
+                details.append(failed.detail)
                 if "unavailable after retries" in failed.detail:
                     failures.append(failed)
-            assert len(failures) == 1, proc.log_tail()
+            assert len(failures) == 1, (details, proc.log_tail())
             assert failures[0].reason in (
                 FailureReason.FAILURE_REASON_UNAVAILABLE,
                 FailureReason.FAILURE_REASON_DEADLINE_EXCEEDED,

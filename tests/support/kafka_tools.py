@@ -80,15 +80,33 @@ async def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float =
     return records
 
 
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
+    if not partitions:
+        await consumer._client.force_metadata_update()
+        partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
+    return partitions
+
+
+async def commit_group_at_end(bootstrap: str, topic: str, group: str) -> None:
+    """Commit `group`'s offsets at `topic`'s end, so a service that joins it sees only new records
+    rather than the backlog that earlier tests left on a shared topic."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = await _partitions(consumer, topic)
+        consumer.assign(partitions)
+        await consumer.commit(await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
+
+
 async def committed_lag(bootstrap: str, topic: str, group: str) -> int:
     """Records of `topic` not yet committed by `group` (0 means everything was committed)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
+        partitions = await _partitions(consumer, topic)
         ends = await consumer.end_offsets(partitions)
         lag = 0
         for tp in partitions:
