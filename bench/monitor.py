@@ -95,9 +95,9 @@ def make_event(i: int, texts: list[str], tenant: str = TENANT) -> QueryAnswered:
     )
 
 
-def make_events(count: int) -> list[QueryAnswered]:
+def make_events(count: int, tenant: str = TENANT) -> list[QueryAnswered]:
     texts = make_texts(200)
-    return [make_event(i, texts) for i in range(count)]
+    return [make_event(i, texts, tenant) for i in range(count)]
 
 
 async def _send(producer: AIOKafkaProducer, event: QueryAnswered) -> Any:
@@ -109,7 +109,7 @@ async def _send(producer: AIOKafkaProducer, event: QueryAnswered) -> Any:
     )
 
 
-async def _produce(bootstrap: str, events: list[QueryAnswered]) -> None:
+async def produce_events(bootstrap: str, events: list[QueryAnswered]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=262144)
     await producer.start()
     try:
@@ -299,7 +299,7 @@ def run_monitor(events: int = 20_000, repeats: int = 2) -> tuple[list[Row], dict
         try:
             status(f"monitor: starting Kafka, producing {events:,} QueryAnswered events")
             stack.up()
-            asyncio.run(_produce(stack.kafka.bootstrap_servers, batch))
+            asyncio.run(produce_events(stack.kafka.bootstrap_servers, batch))
             # Alternate: A (monitor process over the filled topic), B (raw sink), A, B, ...
             for rep in range(repeats):
                 run = _sink_run(stack, state, rep, events)
