@@ -61,7 +61,7 @@ DOCUMENT_INDEXED = Topic(
     3,
     7 * DAY_MS,
     ("retriever",),
-    ("gateway", "monitor"),
+    ("gateway", "monitor", "finetune"),
     "A document is searchable (or was unchanged).",
 )
 DELETE_REQUESTED = Topic(

@@ -28,14 +28,14 @@ from llmops.feedback.v1.events_pb2 import FeedbackRecorded
 from llmops.finetune.v1 import finetune_service_pb2 as pb
 from llmops.finetune.v1 import finetune_service_pb2_grpc as pb_grpc
 from llmops.finetune.v1.events_pb2 import FineTuneJobUpdated
-from llmops.ingest.v1.events_pb2 import DocumentDeleteRequested, DocumentIngestRequested
+from llmops.ingest.v1.events_pb2 import DocumentDeleteRequested, DocumentIndexed, DocumentIngestRequested
 from llmops.query.v1.events_pb2 import QueryAnswered
 from llmops.telemetry.v1.events_pb2 import QualityAlert
 from prometheus_client import Counter
 
 from services.finetune.api import FineTuneServicer
 from services.finetune.curation import Answered, Embed, Feedback
-from services.finetune.knowledge import Index, Retract, knowledge_action
+from services.finetune.knowledge import Index, Retract, interaction_of, knowledge_action
 from services.finetune.pii import scrub
 from services.finetune.promotion import ModelRepository, MonitorClient, Promoter, TritonModelControl
 from services.finetune.runner import LocalProcessRunner
@@ -51,6 +51,7 @@ from shared.grpc_server import Registration
 from shared.service import Route, ServiceRuntime
 from shared.topics import (
     DELETE_REQUESTED,
+    DOCUMENT_INDEXED,
     FEEDBACK_RECORDED,
     FINETUNE_JOBS,
     INGEST_REQUESTED,
@@ -163,8 +164,9 @@ def create_app(settings: FinetuneSettings | None = None) -> FastStream:
         EVENTS.labels(kind, "stored").inc()
         return True
 
-    async def update_knowledge(keys: Iterable[tuple[str, str]]) -> None:
-        """Index (or retract) the approved interactions among `keys` as documents of their tenant."""
+    async def update_knowledge(keys: Iterable[tuple[str, str]], *, retract_only: bool = False) -> None:
+        """Index (or retract) the approved interactions among `keys` as documents of their tenant;
+        with `retract_only`, only send the deletes of those that stand retracted."""
         if not settings.index_approved_interactions:
             return
         for tenant_id, correlation_id in keys:
@@ -174,7 +176,7 @@ def create_app(settings: FinetuneSettings | None = None) -> FastStream:
             answered = next(iter(store.answers(tenant_id, correlation_id)), None)
             action = knowledge_action(answered, history, settings.min_accept_rating)
             meta = new_meta(tenant_id=tenant_id, producer=settings.service_name)
-            if isinstance(action, Index):
+            if isinstance(action, Index) and not retract_only:
                 document = action.document
                 ingest = DocumentIngestRequested(meta=meta, document=document)
                 key = f"{tenant_id}/{document.document_id}"
@@ -207,6 +209,17 @@ def create_app(settings: FinetuneSettings | None = None) -> FastStream:
         await update_knowledge(dict.fromkeys((f.tenant_id, f.correlation_id) for f in items))
         return []
 
+    async def on_indexed(decoded: Decoded[DocumentIndexed]) -> Rejected:
+        # A knowledge document indexed after its retraction (the delete overtook the ingest) goes again.
+        late = [
+            (event.meta.tenant_id, correlation_id)
+            for _, event in decoded
+            if (correlation_id := interaction_of(event.document_id))
+            and served("knowledge_indexed", event.meta.tenant_id)
+        ]
+        await update_knowledge(dict.fromkeys(late), retract_only=True)
+        return []
+
     async def on_alert(decoded: Decoded[QualityAlert]) -> Rejected:
         for _, event in decoded:
             if served("quality_alert", event.meta.tenant_id):
@@ -218,12 +231,13 @@ def create_app(settings: FinetuneSettings | None = None) -> FastStream:
                 )
         return []
 
-    # One consumer for the three inputs: one group member, so a start is one join.
+    # One consumer for the four inputs: one group member, so a start is one join.
     runtime.consume_routes(
         {
             QUERY_ANSWERED.name: Route(QueryAnswered, on_answered),
             FEEDBACK_RECORDED.name: Route(FeedbackRecorded, on_feedback),
             QUALITY_ALERTS.name: Route(QualityAlert, on_alert),
+            DOCUMENT_INDEXED.name: Route(DocumentIndexed, on_indexed),
         },
         max_records=settings.max_batch_records,
         title="finetune:inputs",

@@ -8,6 +8,11 @@ that tenant can be grounded in it and cite it (`feedback:<correlation id>`). Its
 from the correlation id: a later verdict on the same answer replaces the document (a new correction) or
 retracts it (thumbs down after approval: DocumentDeleteRequested). An unchanged document is indexed
 once (the retriever skips content it already holds), so replays add nothing.
+
+The delete of a retraction can overtake the ingest of the approval it retracts (the ingest goes
+through the embedder, the delete straight to the retriever). The finetune therefore also reads the
+retriever's DocumentIndexed events: a knowledge document indexed while its interaction stands
+retracted is deleted again (`interaction_of` maps the document back to its interaction).
 """
 
 from __future__ import annotations
@@ -24,8 +29,18 @@ SOURCE_SCHEME = "feedback:"
 KIND = "approved_interaction"
 
 
+DOCUMENT_PREFIX = "interaction-"
+
+
 def knowledge_document_id(correlation_id: str) -> str:
-    return f"interaction-{correlation_id}"
+    return f"{DOCUMENT_PREFIX}{correlation_id}"
+
+
+def interaction_of(document_id: str) -> str | None:
+    """The correlation id whose knowledge document `document_id` is; None for any other document."""
+    if document_id.startswith(DOCUMENT_PREFIX) and len(document_id) > len(DOCUMENT_PREFIX):
+        return document_id[len(DOCUMENT_PREFIX) :]
+    return None
 
 
 @dataclass(frozen=True)

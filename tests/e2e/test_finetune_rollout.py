@@ -31,13 +31,16 @@ from llmops.finetune.v1 import finetune_service_pb2 as ft_pb
 from llmops.finetune.v1 import finetune_service_pb2_grpc as ft_grpc
 from llmops.finetune.v1.events_pb2 import ModelVersionPromoted, ModelVersionRolledBack
 from llmops.ingest.v1.document_pb2 import Document
+from llmops.ingest.v1.events_pb2 import DocumentDeleteRequested, DocumentIngestRequested
 
+from services.finetune.knowledge import knowledge_document_id
 from services.finetune.model import ensure_base_model
 from services.finetune.settings import FinetuneSettings
 from services.gateway.auth import issue_key
+from shared.events import new_meta
 from shared.infra.stack import Stack
-from shared.topics import MODEL_PROMOTED, MODEL_ROLLED_BACK
-from tests.support.kafka_tools import decode_records, read_all
+from shared.topics import DELETE_REQUESTED, INGEST_REQUESTED, MODEL_PROMOTED, MODEL_ROLLED_BACK
+from tests.support.kafka_tools import decode_records, produce_events, read_all
 from tests.support.processes import ServiceProcess, platform_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
@@ -335,3 +338,33 @@ async def test_approved_answers_ground_later_queries_until_retracted(loop: Loop)
     )
     sources = await wait_context(loop, question, lambda s: source not in s, 60)
     assert source not in sources, f"{sources}\n{loop.logs('finetune', 'retriever')}"
+
+    # The race: the approval's ingest reaches the retriever only after the retraction's delete (the
+    # ingest goes through the embedder). Replayed here as the same ingest arriving late (a new event,
+    # so the embedder does not skip it as a duplicate): the finetune sees the document indexed while
+    # its interaction stands retracted and deletes it again.
+    document_id = knowledge_document_id(answer.correlation_id)
+    [ingest] = [
+        event
+        for _, event in decode_records(
+            await read_all(loop.kafka, INGEST_REQUESTED.name, expected=10_000, timeout_s=1.5),
+            DocumentIngestRequested,
+        )
+        if event.document.document_id == document_id
+    ]
+    deletes_before = len(await deletes_of(loop, document_id))
+    late = DocumentIngestRequested(
+        meta=new_meta(tenant_id=ingest.meta.tenant_id, producer="test-late-ingest"), document=ingest.document
+    )
+    await produce_events(loop.kafka, INGEST_REQUESTED.name, [late])
+    deadline = time.monotonic() + 60
+    while len(deletes := await deletes_of(loop, document_id)) <= deletes_before:
+        assert time.monotonic() < deadline, f"no second delete\n{loop.logs('finetune', 'retriever')}"
+    assert all(d.meta.producer == "finetune" for d in deletes)
+    sources = await wait_context(loop, question, lambda s: source not in s, 60)
+    assert source not in sources, f"{sources}\n{loop.logs('finetune', 'retriever')}"
+
+
+async def deletes_of(loop: Loop, document_id: str) -> list[DocumentDeleteRequested]:
+    records = await read_all(loop.kafka, DELETE_REQUESTED.name, expected=10_000, timeout_s=1.5)
+    return [e for _, e in decode_records(records, DocumentDeleteRequested) if e.document_id == document_id]

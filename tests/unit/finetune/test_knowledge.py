@@ -7,6 +7,7 @@ from services.finetune.knowledge import (
     KIND,
     Index,
     Retract,
+    interaction_of,
     knowledge_action,
     knowledge_document_id,
 )
@@ -68,3 +69,10 @@ def test_the_same_verdict_gives_the_same_document() -> None:
     again = knowledge_action(ANSWER, [feedback("f1", 2_000, rating=5)], 4)
     assert isinstance(first, Index) and isinstance(again, Index)
     assert first.document == again.document
+
+
+def test_a_knowledge_document_maps_back_to_its_interaction_and_no_other_document_does() -> None:
+    assert interaction_of(knowledge_document_id("c1")) == "c1"
+    assert interaction_of(knowledge_document_id("interaction-x")) == "interaction-x"
+    assert interaction_of("kafka.md") is None
+    assert interaction_of("interaction-") is None  # the prefix alone names no interaction
