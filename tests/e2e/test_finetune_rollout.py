@@ -218,9 +218,13 @@ async def test_feedback_to_promotion_to_canary_to_rollback(loop: Loop) -> None: 
             for a, (_, doc) in zip(answers, QUESTIONS, strict=True)
         ],
     )
+    # The finetune has stored an answer and its feedback once it published the answer's knowledge
+    # document: wait for all of them, or the job may train on whatever part had arrived.
+    wanted = {knowledge_document_id(a.correlation_id) for a in answers}
+    assert await knowledge_ingests(loop, wanted, 90) >= wanted, loop.logs("finetune")
     timings["asked_and_corrected"] = time.monotonic() - started
 
-    # A job by hand (once the finetune has the feedback), trained, gated, promoted.
+    # A job by hand, trained on all the corrections, gated, promoted.
     async with grpc.aio.insecure_channel(loop.procs["finetune"].grpc_target) as channel:
         stub = ft_grpc.FineTuneServiceStub(channel)
         deadline = time.monotonic() + 60
@@ -363,6 +367,16 @@ async def test_approved_answers_ground_later_queries_until_retracted(loop: Loop)
     assert all(d.meta.producer == "finetune" for d in deletes)
     sources = await wait_context(loop, question, lambda s: source not in s, 60)
     assert source not in sources, f"{sources}\n{loop.logs('finetune', 'retriever')}"
+
+
+async def knowledge_ingests(loop: Loop, wanted: set[str], timeout_s: float) -> set[str]:
+    """Ids of the documents the finetune asked to ingest, read until they include `wanted`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = await read_all(loop.kafka, INGEST_REQUESTED.name, expected=10_000, timeout_s=1.5)
+        found = {e.document.document_id for _, e in decode_records(records, DocumentIngestRequested)}
+        if found >= wanted or time.monotonic() > deadline:
+            return found
 
 
 async def deletes_of(loop: Loop, document_id: str) -> list[DocumentDeleteRequested]:
