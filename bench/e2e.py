@@ -102,16 +102,29 @@ async def _stored_requests(target: str, tenant: str = TENANT) -> int:
     return int(response.requests)
 
 
-async def _caught_up(answered: int) -> float:
-    """Wait until the monitor has stored every answer so far; seconds it took."""
+async def _caught_up(
+    answered: int,
+    target: str = f"127.0.0.1:{MONITOR_GRPC_PORT}",
+    tenant: str = TENANT,
+    *,
+    timeout_s: float = 120,
+    interval_s: float = 0.05,
+) -> float:
+    """Wait until the monitor at `target` has stored `answered` requests of `tenant`; seconds it took."""
     started = time.perf_counter()
-    target = f"127.0.0.1:{MONITOR_GRPC_PORT}"
-    deadline = time.monotonic() + 120
-    while await _stored_requests(target) < answered:
+    deadline = time.monotonic() + timeout_s
+    while await _stored_requests(target, tenant) < answered:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the monitor did not catch up with {answered} answers in 120 s")
-        await asyncio.sleep(0.05)
+            raise RuntimeError(f"the monitor did not catch up with {answered} answers in {timeout_s:.0f} s")
+        await asyncio.sleep(interval_s)
     return time.perf_counter() - started
+
+
+async def _timed_query(stub: Any, md: tuple[tuple[str, str], ...], question: str) -> tuple[float, Any]:
+    """One gRPC Query: its wall time at the client in ms, and its response."""
+    started = time.perf_counter()
+    response = await stub.Query(query_pb.QueryRequest(question=question), metadata=md, timeout=30)
+    return (time.perf_counter() - started) * 1000, response
 
 
 def _cpu_s(pid: int | None) -> float:
@@ -169,11 +182,8 @@ async def _measure(
                 wall_ms: list[float] = []
                 cpu_before, block_started = _cpu_s(monitor.pid()), time.perf_counter()
                 for i in range(queries):  # one at a time: latency, not throughput
-                    started = time.perf_counter()
-                    response = await stub.Query(
-                        query_pb.QueryRequest(question=QUESTIONS[i % len(QUESTIONS)]), metadata=md, timeout=30
-                    )
-                    wall_ms.append((time.perf_counter() - started) * 1000)
+                    ms, response = await _timed_query(stub, md, QUESTIONS[i % len(QUESTIONS)])
+                    wall_ms.append(ms)
                     answered += 1
                     if mode == "off":
                         timings = {t.stage: t.duration_ms for t in response.timings}
@@ -204,30 +214,16 @@ async def _query_while_draining(
     md = (("x-api-key", api_key),)
     await asyncio.to_thread(monitor.start)
     started = time.perf_counter()
-    drained = asyncio.Event()
-
-    async def watch() -> None:
-        while await _stored_requests(monitor_target, DRAIN_TENANT) < DRAIN_EVENTS:
-            if time.perf_counter() - started > 300:
-                raise RuntimeError(f"{monitor.name} did not store {DRAIN_EVENTS} events in 300 s")
-            await asyncio.sleep(0.25)
-        drained.set()
-
-    watcher = asyncio.create_task(watch())
+    watcher = asyncio.create_task(
+        _caught_up(DRAIN_EVENTS, monitor_target, DRAIN_TENANT, timeout_s=300, interval_s=0.25)
+    )
     wall_ms: list[float] = []
     try:
         async with grpc.aio.insecure_channel(target) as channel:
             stub = query_grpc.QueryServiceStub(channel)
-            while not drained.is_set():
-                if watcher.done():
-                    watcher.result()  # raises the watcher's error
-                begun = time.perf_counter()
-                await stub.Query(
-                    query_pb.QueryRequest(question=QUESTIONS[len(wall_ms) % len(QUESTIONS)]),
-                    metadata=md,
-                    timeout=30,
-                )
-                wall_ms.append((time.perf_counter() - begun) * 1000)
+            while not watcher.done():  # done: drained (or failed, which `await watcher` raises)
+                ms, _ = await _timed_query(stub, md, QUESTIONS[len(wall_ms) % len(QUESTIONS)])
+                wall_ms.append(ms)
         await watcher
     finally:
         watcher.cancel()
