@@ -16,6 +16,7 @@ from bench.bus import run_bus
 from bench.e2e import run_e2e
 from bench.embedding import run_embedding
 from bench.generation import run_generation
+from bench.idle_hop import run_idle_hop
 from bench.ingest import run_ingest
 from bench.monitor import run_monitor
 from bench.report import RESULTS_DIR, Row, environment, markdown_table, status, write_results
@@ -115,6 +116,8 @@ def _bus(args: argparse.Namespace, raw: dict[str, Any], started: float) -> list[
                     breakdown=args.breakdown,
                 )
             )
+            idle_rows, raw["bus_idle_hop"] = asyncio.run(run_idle_hop(kafka.bootstrap_servers))
+            bus_rows += idle_rows
         finally:
             status("stopping Kafka")
             kafka.stop()

@@ -13,13 +13,13 @@ commit mode says.
 
 Commit modes, each the same in both variants:
 
-- batch commit (the platform's bulk path: embedder and retriever consume this way): a FastStream
-  batch subscriber (`batch=True, max_records=32, ack_policy=AckPolicy.NACK_ON_ERROR,
-  decoder=raw_records`) whose handler runs `EventGuard.process_batch(records, QueryRequested,
-  handle)`, `handle` publishing every decoded event onward concurrently (asyncio.gather) and
-  rejecting none; FastStream then commits once per batch (KafkaAckableMessage.ack ->
-  consumer.commit()). The raw loop: getmany(max_records=32), ParseFromString each record, gather of
-  send_and_wait for all of them, then one consumer.commit() per batch;
+- batch commit (the platform's bulk path: embedder and retriever consume this way): a FastStream batch
+  subscriber (`batch=True, max_records=32, batch_timeout_ms=BATCH_POLL_TIMEOUT_MS,
+  ack_policy=AckPolicy.NACK_ON_ERROR, decoder=raw_records`) whose handler runs
+  `EventGuard.process_batch(records, QueryRequested, handle)`, `handle` publishing every decoded event
+  onward concurrently (asyncio.gather) and rejecting none; FastStream then commits once per batch
+  (KafkaAckableMessage.ack -> consumer.commit()). The raw loop: getmany(max_records=32), ParseFromString
+  each record, gather of send_and_wait for all of them, then one consumer.commit() per batch;
 - per-message commit: a subscriber with `decoder=protobuf_decoder(QueryRequested)`, AckPolicy.ACK
   and a plain `async def forward(event: QueryRequested)` (KafkaAckableMessage.ack awaits
   consumer.commit() after every handled record, enable_auto_commit=False) vs the raw loop awaiting
@@ -60,6 +60,7 @@ from prometheus_client import CollectorRegistry
 
 from bench.report import Row, rate, status
 from shared.bus import (
+    BATCH_POLL_TIMEOUT_MS,
     Decoded,
     EventGuard,
     Rejected,
@@ -354,6 +355,7 @@ async def run_faststream(spec: RunSpec, setup: FastStreamSetup = PLATFORM) -> Ti
             group_id=spec.group,
             batch=True,
             max_records=MAX_RECORDS,
+            batch_timeout_ms=BATCH_POLL_TIMEOUT_MS,
             ack_policy=spec.mode.ack_policy,
             decoder=raw_records,
             auto_offset_reset="earliest",

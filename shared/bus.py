@@ -50,6 +50,13 @@ DLQ_GROUP = "x-dlq-consumer-group"
 DLQ_SERVICE = "x-dlq-service"
 DLQ_FAILED_AT = "x-dlq-failed-at-ms"
 MAX_REASON_CHARS = 1000
+# How long a batch subscriber's poll (aiokafka getmany) waits for a first record. FastStream's batch
+# subscriber sleeps this long again after a poll that came back empty, blind to records arriving
+# meanwhile: at its default (200 ms) an idle consumer spends half its time in that sleep, so the first
+# request after a quiet spell waited up to 200 ms at each hop, and sequential requests could lock into
+# that rhythm. A poll returns at its first record and on shutdown, so waiting long costs nothing; the
+# sleep after an empty poll then practically never comes.
+BATCH_POLL_TIMEOUT_MS = 3_600_000
 
 DEAD_LETTERED = Counter(
     "llmops_dead_lettered_total", "Records sent to the dead-letter topic.", ["topic", "exception_type"]

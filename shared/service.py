@@ -22,7 +22,7 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
 
-from shared.bus import Decoded, EventGuard, M, Rejected, create_broker, raw_records
+from shared.bus import BATCH_POLL_TIMEOUT_MS, Decoded, EventGuard, M, Rejected, create_broker, raw_records
 from shared.grpc_server import GrpcEndpoint, Registration, start_grpc_server
 from shared.idempotency import IdempotencyStore, open_store
 from shared.logs import configure_logging
@@ -106,6 +106,7 @@ class ServiceRuntime:
             group_id=self.settings.group_id,
             batch=True,
             max_records=max_records,
+            batch_timeout_ms=BATCH_POLL_TIMEOUT_MS,
             ack_policy=AckPolicy.NACK_ON_ERROR,  # commit after the batch, never past unprocessed work
             decoder=raw_records,
             auto_offset_reset="earliest",

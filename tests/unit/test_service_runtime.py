@@ -1,0 +1,76 @@
+"""ServiceRuntime's batch consumers: a record that arrives after a quiet spell is handed over by the
+poll that is waiting, not after a blind sleep.
+
+FastStream's batch subscriber polls with getmany(timeout_ms=batch_timeout_ms) and sleeps
+batch_timeout_ms after a poll that came back empty. The fake consumer below behaves like aiokafka's
+getmany (returns at the first record, or empty once timeout_ms has passed), so the subscriber's own
+get_msg shows which of the two a late record meets. Building the runtime does no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from llmops.query.v1.events_pb2 import QueryRequested
+
+from shared.bus import BATCH_POLL_TIMEOUT_MS
+from shared.service import Route, ServiceRuntime
+from shared.settings import ServiceSettings
+
+QUIET_S = 0.3  # longer than FastStream's default poll timeout (200 ms)
+
+
+class LateRecordConsumer:
+    """aiokafka's getmany over one record that arrives QUIET_S after the first poll."""
+
+    def __init__(self) -> None:
+        self.record = object()
+        self.polls: list[int] = []
+        self._arrived = asyncio.Event()
+
+    def arrive_later(self) -> None:
+        asyncio.get_running_loop().call_later(QUIET_S, self._arrived.set)
+
+    async def getmany(self, *, timeout_ms: int, max_records: int | None = None) -> dict[str, list[Any]]:
+        self.polls.append(timeout_ms)
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout_ms / 1000)
+        except TimeoutError:
+            return {}
+        return {"topic-0": [self.record]}
+
+
+async def _noop(decoded: Any) -> list[Any]:
+    return []
+
+
+def _batch_subscriber() -> Any:
+    runtime = ServiceRuntime(ServiceSettings(service_name="probe", group_id="probe"))
+    runtime.consume_routes({"probe.in": Route(QueryRequested, _noop)}, max_records=32, title="probe")
+    (subscriber,) = runtime.broker.subscribers
+    return subscriber
+
+
+def test_batch_poll_waits_as_long_as_configured() -> None:
+    assert _batch_subscriber().batch_timeout_ms == BATCH_POLL_TIMEOUT_MS
+
+
+async def test_record_after_a_quiet_spell_is_returned_by_the_waiting_poll() -> None:
+    subscriber = _batch_subscriber()
+    consumer = LateRecordConsumer()
+    consumer.arrive_later()
+    # The whole quiet spell and the record fit in one poll: with FastStream's default (200 ms) this
+    # first call ends empty, after a poll and a blind sleep, and the record waits for the next one.
+    batch = await asyncio.wait_for(subscriber.get_msg(consumer), timeout=5)
+    assert batch == (consumer.record,)
+    assert consumer.polls == [BATCH_POLL_TIMEOUT_MS]
+
+
+async def test_faststream_default_poll_would_miss_the_late_record() -> None:
+    """The control: the same subscriber at FastStream's default poll timeout returns nothing at first."""
+    subscriber = _batch_subscriber()
+    subscriber.batch_timeout_ms = 200
+    consumer = LateRecordConsumer()
+    consumer.arrive_later()
+    assert await asyncio.wait_for(subscriber.get_msg(consumer), timeout=5) == ()
