@@ -48,7 +48,7 @@ from llmops.query.v1.query_pb2 import RetrievalOptions
 from weaviate.classes.config import Reconfigure
 
 from bench.report import Row, markdown_table, status
-from services.retriever.store import ChunkStore, RetryBudget, chunk_uuid, connect_store
+from services.retriever.store import ChunkStore, RetryBudget, chunk_uuid, connect_store, deletions_collection
 from shared.infra.stack import Stack
 
 PORT_BASE = 34000  # other stacks on this machine: 19000 (make run), 29000 (tests), 33000 (bus bench)
@@ -382,7 +382,7 @@ async def _bench(
             raise RuntimeError(f"imported {vectors} chunks but the tenant holds {stored}")
         await _measure_near_vector(store, work, measured)
         await _measure_search(store, work, measured)
-        await store.client.collections.delete(COLLECTION)
+        await store.client.collections.delete([COLLECTION, deletions_collection(COLLECTION)])
     finally:
         await store.close()
     raw = {

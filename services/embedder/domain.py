@@ -55,7 +55,7 @@ def chunks_embedded(
     producer: str,
 ) -> ChunksEmbedded:
     doc = event.document
-    return ChunksEmbedded(
+    embedded = ChunksEmbedded(
         meta=follow_meta(event.meta, producer=producer),
         document_id=doc.document_id,
         content_sha256=doc.content_sha256 or content_sha256(doc.content),
@@ -65,6 +65,9 @@ def chunks_embedded(
             for chunk, vector in zip(chunks, vectors, strict=True)
         ],
     )
+    if event.meta.HasField("occurred_at"):  # a delete requested after this wins at the retriever
+        embedded.requested_at.CopyFrom(event.meta.occurred_at)
+    return embedded
 
 
 def validate_question(request: QueryRequested, max_chars: int) -> None:

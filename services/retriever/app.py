@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -37,6 +38,8 @@ from shared.topics import (
     INGEST_FAILED,
     QUERY_EMBEDDED,
 )
+
+log = logging.getLogger(__name__)
 
 # Retries stop this long before a request's deadline, so its QueryFailed still reaches the caller.
 DEADLINE_MARGIN_S = 0.2
@@ -121,6 +124,35 @@ def create_app(settings: RetrieverSettings | None = None) -> FastStream:
             broker, INGEST_FAILED.name, failed, key=f"{event.meta.tenant_id}/{event.document_id}"
         )
 
+    async def index_unless_deleted(
+        tenant: str, events: list[ChunksEmbedded]
+    ) -> tuple[set[str], dict[str, tuple[int, bool] | PermanentError]]:
+        """Store the documents of one tenant except those deleted after their ingest was requested:
+        checked before the write, and again after it for a delete that ran meanwhile (its record is
+        written before its chunks are deleted, so one of the two checks sees it). Returns the ids
+        refused and the store's outcome for the rest."""
+        requested = {event.document_id: domain.requested_at_us(event) for event in events}
+        superseded = await clients.chunks.deleted_since(tenant, requested)
+        writes = [
+            (e.document_id, e.content_sha256, list(e.chunks))
+            for e in events
+            if e.document_id not in superseded
+        ]
+        outcomes = await clients.chunks.upsert_documents(tenant, writes) if writes else {}
+        written = {
+            doc: requested[doc]
+            for doc, outcome in outcomes.items()
+            if not isinstance(outcome, PermanentError)
+        }
+        for document_id in sorted(await clients.chunks.deleted_since(tenant, written)):
+            await clients.chunks.delete_document(tenant, document_id)
+            superseded.add(document_id)
+        if superseded:
+            log.info(
+                "ingests superseded by deletes", extra={"tenant_id": tenant, "documents": sorted(superseded)}
+            )
+        return superseded, outcomes
+
     async def index_documents(decoded: Decoded[ChunksEmbedded]) -> Rejected:
         """Index a batch with a few Weaviate calls per tenant (EventGuard: a transient error from the
         store propagates, the batch stays uncommitted and is redelivered)."""
@@ -147,11 +179,14 @@ def create_app(settings: RetrieverSettings | None = None) -> FastStream:
             for (tenant, _), item in items.items():
                 by_tenant.setdefault(tenant, []).append(item)
             for tenant, pairs in by_tenant.items():
-                outcomes = await clients.chunks.upsert_documents(
-                    tenant, [(e.document_id, e.content_sha256, list(e.chunks)) for _, e in pairs]
-                )
+                superseded, outcomes = await index_unless_deleted(tenant, [event for _, event in pairs])
                 publishes = []
                 for record, event in pairs:
+                    if event.document_id in superseded:
+                        failed = domain.ingest_superseded(event, producer=producer)
+                        document_key = f"{tenant}/{event.document_id}"
+                        publishes.append(publish_event(broker, INGEST_FAILED.name, failed, key=document_key))
+                        continue
                     outcome = outcomes[event.document_id]
                     if isinstance(outcome, PermanentError):
                         await reject_document(record, event, outcome)
@@ -251,6 +286,12 @@ def create_app(settings: RetrieverSettings | None = None) -> FastStream:
     )
     async def on_delete(event: DocumentDeleteRequested) -> None:
         tenants.check(event.meta.tenant_id)
+        if not event.document_id:
+            raise PermanentError("document_id is empty")
+        # The record first: an ingest writing meanwhile finds it after its write (index_unless_deleted).
+        await clients.chunks.record_deletion(
+            event.meta.tenant_id, event.document_id, domain.deleted_at_us(event), event.meta.event_id
+        )
         count = await clients.chunks.delete_document(event.meta.tenant_id, event.document_id)
         deleted = domain.document_deleted(event, chunk_count=count, producer=producer)
         await publish_event(

@@ -9,6 +9,7 @@ from llmops.ingest.v1.events_pb2 import (
     DocumentDeleted,
     DocumentDeleteRequested,
     DocumentIndexed,
+    DocumentIngestFailed,
 )
 from llmops.query.v1.events_pb2 import ContextRetrieved, QueryEmbedded
 from llmops.query.v1.query_pb2 import RetrievalOptions, RetrievedChunk, StageTiming
@@ -55,6 +56,28 @@ def document_deleted(event: DocumentDeleteRequested, *, chunk_count: int, produc
         meta=follow_meta(event.meta, producer=producer),
         document_id=event.document_id,
         chunk_count=chunk_count,
+    )
+
+
+def requested_at_us(event: ChunksEmbedded) -> int:
+    """When the ingest behind these chunks was requested (µs since the epoch); an older producer that
+    does not say: when the chunks were embedded, the nearest later time known."""
+    stamp = event.requested_at if event.HasField("requested_at") else event.meta.occurred_at
+    return int(stamp.ToMicroseconds())
+
+
+def deleted_at_us(event: DocumentDeleteRequested) -> int:
+    """When the delete was requested (µs since the epoch)."""
+    return int(event.meta.occurred_at.ToMicroseconds())
+
+
+def ingest_superseded(event: ChunksEmbedded, *, producer: str) -> DocumentIngestFailed:
+    """The outcome of an ingest whose document was deleted after the ingest was requested."""
+    return DocumentIngestFailed(
+        meta=follow_meta(event.meta, producer=producer),
+        document_id=event.document_id,
+        reason="the document was deleted after this ingest was requested; its chunks were not stored",
+        failed_stage=producer,
     )
 
 

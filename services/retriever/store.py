@@ -10,6 +10,11 @@ is left of the old version; `document_sha256` reports a hash only when every sto
 document carries it and the document is complete, so a crash between the two steps makes the next
 delivery re-ingest the document instead of skipping it.
 
+Deletes leave a record in a second collection (`<collection>Deletions`, same tenants): the document
+and when its delete was requested. An ingest requested before that time that is still on its way
+(chunks being embedded while the delete ran) is refused by `deleted_since`, so a delete wins over the
+ingests it follows whatever order their events reach the retriever in.
+
 Failures are sorted for the event handlers: transient ones (connection refused, timeouts, gRPC
 UNAVAILABLE, HTTP 5xx) are retried here within a small budget and then surface as RetryableError;
 requests Weaviate rejects (bad vector dimension, malformed filter) surface as PermanentError.
@@ -71,6 +76,13 @@ DEFAULT_ALPHA = 0.5  # when the request leaves alpha unset: BM25 and vector weig
 MAX_CHUNKS_PER_DOCUMENT = 10_000
 INSERT_BATCH_SIZE = 200  # objects per gRPC BatchObjects request (~2 KB of vector each at dim 384)
 
+DELETIONS_SUFFIX = "Deletions"  # the collection of delete records beside the chunk collection
+
+
+def deletions_collection(collection: str) -> str:
+    return f"{collection}{DELETIONS_SUFFIX}"
+
+
 # What the store returns for a hit: the chunk and the properties it is rebuilt from.
 RETURN_PROPERTIES = ["chunk_id", "document_id", "text", "source_uri", "metadata_json"]
 
@@ -109,6 +121,13 @@ SCHEMA_PROPERTIES: list[Property] = [
         index_searchable=False,
     ),
 ]
+
+DELETION_PROPERTIES: list[Property] = [
+    _keyword("document_id"),
+    # When the delete was requested, in microseconds since the epoch (its event's meta.occurred_at).
+    Property(name="deleted_at_us", data_type=DataType.INT, index_filterable=False, index_range_filters=False),
+]
+MULTI_TENANCY = Configure.multi_tenancy(enabled=True, auto_tenant_creation=False, auto_tenant_activation=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -343,9 +362,11 @@ class ChunkStore:
         self._client = client
         self._name = collection
         self._collection = client.collections.use(collection)
+        self._deletions = client.collections.use(deletions_collection(collection))
         self._retry = retry or RetryBudget()
         self._index = index or IndexSettings()
         self._tenants: set[str] = set()
+        self._deletion_tenants: set[str] = set()
 
     @property
     def name(self) -> str:
@@ -369,37 +390,47 @@ class ChunkStore:
         await self._call("ensure_schema", self._ensure_schema)
 
     async def _ensure_schema(self) -> None:
-        if not await self._client.collections.exists(self._name):
-            try:
-                await self._client.collections.create(
-                    self._name,
-                    multi_tenancy_config=Configure.multi_tenancy(
-                        enabled=True, auto_tenant_creation=False, auto_tenant_activation=True
-                    ),
-                    vector_config=Configure.Vectors.self_provided(
-                        vector_index_config=Configure.VectorIndex.hnsw(
-                            distance_metric=VectorDistances.COSINE,
-                            ef=self._index.ef,
-                            ef_construction=self._index.ef_construction,
-                            max_connections=self._index.max_connections,
-                        )
-                    ),
-                    properties=SCHEMA_PROPERTIES,
+        created = await self._create_collection(
+            self._name,
+            vector_config=Configure.Vectors.self_provided(
+                vector_index_config=Configure.VectorIndex.hnsw(
+                    distance_metric=VectorDistances.COSINE,
+                    ef=self._index.ef,
+                    ef_construction=self._index.ef_construction,
+                    max_connections=self._index.max_connections,
                 )
-                log.info("created Weaviate collection %s", self._name)
-                return
-            except UnexpectedStatusCodeError as exc:
-                # Another replica created it between our check and our create.
-                if exc.status_code != 422 or not await self._client.collections.exists(self._name):
-                    raise
-        config = await self._collection.config.get()
-        if not config.multi_tenancy_config.enabled:
-            raise PermanentError(f"Weaviate collection {self._name} exists without multi-tenancy")
-        existing = {prop.name for prop in config.properties}
-        for prop in SCHEMA_PROPERTIES:
-            if prop.name not in existing:
-                await self._collection.config.add_property(prop)
-                log.info("added property %s to Weaviate collection %s", prop.name, self._name)
+            ),
+            properties=SCHEMA_PROPERTIES,
+        )
+        if not created:
+            config = await self._collection.config.get()
+            if not config.multi_tenancy_config.enabled:
+                raise PermanentError(f"Weaviate collection {self._name} exists without multi-tenancy")
+            existing = {prop.name for prop in config.properties}
+            for prop in SCHEMA_PROPERTIES:
+                if prop.name not in existing:
+                    await self._collection.config.add_property(prop)
+                    log.info("added property %s to Weaviate collection %s", prop.name, self._name)
+        # Delete records carry no vectors: a flat index keeps them out of HNSW.
+        await self._create_collection(
+            deletions_collection(self._name),
+            vector_config=Configure.Vectors.self_provided(vector_index_config=Configure.VectorIndex.flat()),
+            properties=DELETION_PROPERTIES,
+        )
+
+    async def _create_collection(self, name: str, **config: Any) -> bool:
+        """Create a multi-tenant collection unless it exists; True if this call created it."""
+        if await self._client.collections.exists(name):
+            return False
+        try:
+            await self._client.collections.create(name, multi_tenancy_config=MULTI_TENANCY, **config)
+        except UnexpectedStatusCodeError as exc:
+            # Another replica created it between our check and our create.
+            if exc.status_code != 422 or not await self._client.collections.exists(name):
+                raise
+            return False
+        log.info("created Weaviate collection %s", name)
+        return True
 
     async def ensure_tenant(self, tenant_id: str) -> None:
         """Create the tenant if needed (idempotent); remembered after the first success."""
@@ -415,12 +446,7 @@ class ChunkStore:
         self._tenants.add(tenant_id)
 
     async def _tenant_exists(self, tenant_id: str) -> bool:
-        if tenant_id in self._tenants:
-            return True
-        if await self._collection.tenants.exists(tenant_id):
-            self._tenants.add(tenant_id)
-            return True
-        return False
+        return await _tenant_known(self._collection, self._tenants, tenant_id)
 
     # -- documents -----------------------------------------------------------------------------------
 
@@ -631,6 +657,59 @@ class ChunkStore:
             if result.matches == 0 or result.successful == 0:
                 return deleted
 
+    async def record_deletion(
+        self, tenant_id: str, document_id: str, deleted_at_us: int, deletion_id: str
+    ) -> None:
+        """Remember that the document's delete was requested at `deleted_at_us` (idempotent per
+        `deletion_id`, the delete event's id). Recorded before the chunks are deleted, so an ingest that
+        writes in between finds it when it checks after its write."""
+        validate_tenant_id(tenant_id)
+        await self._call(
+            "record_deletion",
+            lambda: self._record_deletion(tenant_id, document_id, deleted_at_us, deletion_id),
+        )
+
+    async def _record_deletion(
+        self, tenant_id: str, document_id: str, deleted_at_us: int, deletion_id: str
+    ) -> None:
+        if tenant_id not in self._deletion_tenants:
+            await self._deletions.tenants.create([Tenant(name=tenant_id)])  # no-op when it exists
+            self._deletion_tenants.add(tenant_id)
+        properties: dict[str, Any] = {"document_id": document_id, "deleted_at_us": deleted_at_us}
+        record = DataObject(
+            uuid=generate_uuid5(f"{tenant_id}/{document_id}/{deletion_id}"), properties=properties
+        )
+        result: BatchObjectReturn = await self._deletions.with_tenant(tenant_id).data.insert_many([record])
+        if result.has_errors or result.errors:
+            raise _batch_failure(
+                "record deletion", (e.message for e in result.errors.values()), 1, tenant_id, document_id
+            )
+
+    async def deleted_since(self, tenant_id: str, requested_at_us: Mapping[str, int]) -> set[str]:
+        """Those of the documents (id -> when its ingest was requested) whose delete was requested at
+        or after that time: their chunks must not be stored."""
+        validate_tenant_id(tenant_id)
+        if not requested_at_us:
+            return set()
+        return await self._call("deleted_since", lambda: self._deleted_since(tenant_id, requested_at_us))
+
+    async def _deleted_since(self, tenant_id: str, requested_at_us: Mapping[str, int]) -> set[str]:
+        if not await _tenant_known(self._deletions, self._deletion_tenants, tenant_id):
+            return set()
+        result = await self._deletions.with_tenant(tenant_id).query.fetch_objects(
+            filters=Filter.by_property("document_id").contains_any(list(requested_at_us)),
+            limit=MAX_CHUNKS_PER_DOCUMENT,  # one page: a document deleted this often is an outlier
+            return_properties=["document_id", "deleted_at_us"],
+        )
+        deleted: set[str] = set()
+        for obj in result.objects:
+            document_id = str(obj.properties.get("document_id"))
+            deleted_at = obj.properties.get("deleted_at_us")
+            requested = requested_at_us.get(document_id)
+            if requested is not None and isinstance(deleted_at, int | float) and deleted_at >= requested:
+                deleted.add(document_id)
+        return deleted
+
     async def count_objects(self, tenant_id: str, document_id: str | None = None) -> int:
         """How many chunks the tenant holds (of one document if given); 0 for an unknown tenant."""
         validate_tenant_id(tenant_id)
@@ -725,6 +804,16 @@ class ChunkStore:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+async def _tenant_known(collection: Any, known: set[str], tenant_id: str) -> bool:
+    """Whether `collection` has the tenant; a yes is remembered in `known` (tenants are not removed)."""
+    if tenant_id in known:
+        return True
+    if await collection.tenants.exists(tenant_id):
+        known.add(tenant_id)
+        return True
+    return False
 
 
 def _retrieved_chunk(props: Mapping[str, Any], score: float) -> RetrievedChunk:

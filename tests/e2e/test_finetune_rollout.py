@@ -349,9 +349,10 @@ async def test_approved_answers_ground_later_queries_until_retracted(loop: Loop)
     assert source not in sources, f"{sources}\n{loop.logs('finetune', 'retriever')}"
 
     # The race: the approval's ingest reaches the retriever only after the retraction's delete (the
-    # ingest goes through the embedder). Replayed here as the same ingest arriving late (a new event,
-    # so the embedder does not skip it as a duplicate): the finetune sees the document indexed while
-    # its interaction stands retracted and deletes it again.
+    # ingest goes through the embedder). The retriever refuses an ingest requested before a delete of
+    # its document; this replays the same document as a new ingest request, made after the delete, so
+    # that it is stored: the finetune sees the document indexed while its interaction stands
+    # retracted and deletes it again.
     document_id = knowledge_document_id(answer.correlation_id)
     [ingest] = [
         event

@@ -10,12 +10,20 @@ from typing import Any
 import grpc
 import pytest
 import weaviate as weaviate_client
+from google.protobuf.timestamp_pb2 import Timestamp
 from llmops.api.v1 import ingest_service_pb2 as ingest_pb
 from llmops.api.v1 import ingest_service_pb2_grpc as ingest_grpc
 from llmops.embedding.v1 import embedder_service_pb2 as embed_pb
 from llmops.embedding.v1 import embedder_service_pb2_grpc as embed_grpc
-from llmops.ingest.v1.document_pb2 import Document
-from llmops.ingest.v1.events_pb2 import DocumentIngestRequested
+from llmops.ingest.v1.document_pb2 import Chunk, Document, EmbeddedChunk
+from llmops.ingest.v1.events_pb2 import (
+    ChunksEmbedded,
+    DocumentDeleted,
+    DocumentDeleteRequested,
+    DocumentIndexed,
+    DocumentIngestFailed,
+    DocumentIngestRequested,
+)
 from llmops.query.v1.events_pb2 import ContextRetrieved, QueryRequested
 from llmops.query.v1.query_pb2 import RetrievalOptions
 from llmops.retrieval.v1 import retriever_service_pb2 as search_pb
@@ -26,8 +34,18 @@ from services.gateway.auth import issue_key
 from shared.bus import DLQ_REASON, DLQ_TOPIC
 from shared.events import new_meta
 from shared.infra.stack import Stack
-from shared.topics import CONTEXT_RETRIEVED, DEAD_LETTER, INGEST_REQUESTED, QUERY_REQUESTED
-from tests.support.kafka_tools import produce_events, produce_raw, read_all
+from shared.topics import (
+    CHUNKS_EMBEDDED,
+    CONTEXT_RETRIEVED,
+    DEAD_LETTER,
+    DELETE_REQUESTED,
+    DOCUMENT_DELETED,
+    DOCUMENT_INDEXED,
+    INGEST_FAILED,
+    INGEST_REQUESTED,
+    QUERY_REQUESTED,
+)
+from tests.support.kafka_tools import decode_records, produce_events, produce_raw, read_all
 from tests.support.processes import ServiceProcess, platform_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
@@ -63,11 +81,13 @@ class Platform:
             )
             return response
 
-    async def delete(self, tenant: str, doc_id: str) -> None:
+    async def delete(self, tenant: str, doc_id: str) -> str:
+        """Request the delete; its correlation id."""
         async with grpc.aio.insecure_channel(self.procs["gateway"].grpc_target) as channel:
-            await ingest_grpc.IngestServiceStub(channel).DeleteDocument(
+            response = await ingest_grpc.IngestServiceStub(channel).DeleteDocument(
                 ingest_pb.DeleteDocumentRequest(document_id=doc_id), metadata=self.md(tenant), timeout=10
             )
+        return str(response.correlation_id)
 
     async def search(self, tenant: str, text: str, **options: Any) -> list[Any]:
         async with grpc.aio.insecure_channel(self.procs["embedder"].grpc_target) as channel:
@@ -86,8 +106,18 @@ class Platform:
             )
         return list(response.chunks)
 
+    async def embed(self, text: str) -> list[float]:
+        async with grpc.aio.insecure_channel(self.procs["embedder"].grpc_target) as channel:
+            embedded = await embed_grpc.EmbedderServiceStub(channel).Embed(
+                embed_pb.EmbedRequest(texts=[text]), timeout=30
+            )
+        return list(embedded.embeddings[0].values)
+
     def stored(self, tenant: str, doc_id: str) -> list[dict[str, Any]]:
-        collection = self.weaviate.collections.get(COLLECTION).with_tenant(tenant)
+        chunks = self.weaviate.collections.get(COLLECTION)
+        if not chunks.tenants.exists(tenant):  # nothing of the tenant was ever stored
+            return []
+        collection = chunks.with_tenant(tenant)
         result = collection.query.fetch_objects(
             filters=Filter.by_property("document_id").equal(doc_id), limit=1000
         )
@@ -167,6 +197,101 @@ async def test_delete_removes_the_documents_chunks(platform: Platform) -> None:
     assert platform.stored("tenant-a", "to-delete.md") == []
     results = await platform.search("tenant-a", "ephemeral zebra facts")
     assert all(r.document_id != "to-delete.md" for r in results)
+
+
+async def _outcomes(kafka: str, topic: str, message_type: type[Any], correlation_id: str) -> list[Any]:
+    """The events of `message_type` on `topic` that follow from the request `correlation_id`."""
+    records = await read_all(kafka, topic, expected=100_000, timeout_s=1)
+    return [e for _, e in decode_records(records, message_type) if e.meta.correlation_id == correlation_id]
+
+
+async def _first_outcome(kafka: str, topic: str, message_type: type[Any], correlation_id: str) -> Any:
+    for _ in range(30):
+        found = await _outcomes(kafka, topic, message_type, correlation_id)
+        if found:
+            return found[0]
+    return None
+
+
+def _chunks_event(
+    tenant: str, doc_id: str, text: str, vector: list[float], requested_at: Timestamp
+) -> ChunksEmbedded:
+    chunk = Chunk(
+        chunk_id=f"{doc_id}:0", document_id=doc_id, chunk_index=0, text=text, source_uri=f"file:///{doc_id}"
+    )
+    event = ChunksEmbedded(
+        meta=new_meta(tenant_id=tenant, producer="embedder"),
+        document_id=doc_id,
+        content_sha256=f"sha-{requested_at.ToMicroseconds()}",
+        embedding_model="minilm",
+        chunks=[EmbeddedChunk(chunk=chunk, vector=vector)],
+    )
+    event.requested_at.CopyFrom(requested_at)
+    return event
+
+
+def _now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+async def test_a_delete_wins_over_an_ingest_requested_before_it(platform: Platform, kafka: str) -> None:
+    """The chunks of an ingest requested before a delete reach the retriever after the delete ran:
+    they are refused with a DocumentIngestFailed; an ingest requested after the delete is stored."""
+    doc_id, text = "late-chunks.md", "Quokkas smile for photographs on Rottnest Island."
+    vector = await platform.embed(text)
+    requested_before = _now()
+    await asyncio.sleep(0.01)
+    delete = DocumentDeleteRequested(
+        meta=new_meta(tenant_id="tenant-a", producer="upstream"), document_id=doc_id
+    )
+    await produce_events(kafka, DELETE_REQUESTED.name, [delete])
+    deleted = await _first_outcome(kafka, DOCUMENT_DELETED.name, DocumentDeleted, delete.meta.correlation_id)
+    assert deleted is not None, platform.procs["retriever"].log_tail()
+
+    late = _chunks_event("tenant-a", doc_id, text, vector, requested_before)
+    await produce_events(kafka, CHUNKS_EMBEDDED.name, [late])
+    failed = await _first_outcome(kafka, INGEST_FAILED.name, DocumentIngestFailed, late.meta.correlation_id)
+    assert failed is not None, platform.procs["retriever"].log_tail()
+    assert "deleted after this ingest was requested" in failed.reason
+    assert failed.failed_stage == "retriever"
+    assert platform.stored("tenant-a", doc_id) == []
+
+    again = _chunks_event("tenant-a", doc_id, text, vector, _now())
+    await produce_events(kafka, CHUNKS_EMBEDDED.name, [again])
+    indexed = await _first_outcome(kafka, DOCUMENT_INDEXED.name, DocumentIndexed, again.meta.correlation_id)
+    assert indexed is not None, platform.procs["retriever"].log_tail()
+    assert [s["content_sha256"] for s in platform.stored("tenant-a", doc_id)] == [again.content_sha256]
+
+
+async def test_delete_right_after_an_ingest_leaves_nothing_behind(platform: Platform, kafka: str) -> None:
+    """Through the gateway: an ingest that is not waited for, then its delete at once. The document is
+    long enough (a few dozen chunks to embed) that the delete, which goes straight to the retriever,
+    gets there first; the document must still end up deleted."""
+    doc_id = "delete-right-away.md"
+    words = ["narwhal", "tusk", "arctic", "whale", "tooth", "sensory", "organ", "pod", "ice", "migration"]
+    content = " ".join(f"{words[i % len(words)]}{i % 97}" for i in range(6_000)).encode()
+    document = Document(document_id=doc_id, source_uri=f"file:///{doc_id}", content=content)
+    async with grpc.aio.insecure_channel(platform.procs["gateway"].grpc_target) as channel:
+        accepted = await ingest_grpc.IngestServiceStub(channel).Ingest(
+            ingest_pb.IngestRequest(document=document, wait_indexed=False),
+            metadata=platform.md("tenant-a"),
+            timeout=30,
+        )
+    deleting = await platform.delete("tenant-a", doc_id)
+    # Both have been handled once the retriever published the delete's outcome and the ingest's (either
+    # one: indexed, or refused because the delete came first).
+    ingest_outcome = None
+    for _ in range(30):
+        indexed = await _outcomes(kafka, DOCUMENT_INDEXED.name, DocumentIndexed, accepted.correlation_id)
+        failed = await _outcomes(kafka, INGEST_FAILED.name, DocumentIngestFailed, accepted.correlation_id)
+        ingest_outcome = (indexed or failed or [None])[0]
+        if ingest_outcome is not None:
+            break
+    assert ingest_outcome is not None, platform.procs["retriever"].log_tail()
+    assert await _first_outcome(kafka, DOCUMENT_DELETED.name, DocumentDeleted, deleting) is not None
+    assert platform.stored("tenant-a", doc_id) == [], platform.procs["retriever"].log_tail()
 
 
 async def test_tenant_isolation_with_identical_text(platform: Platform) -> None:

@@ -35,6 +35,7 @@ from services.retriever.store import (
     RetryBudget,
     chunk_uuid,
     connect_store,
+    deletions_collection,
     is_weaviate_transient,
     metadata_pair,
 )
@@ -115,7 +116,7 @@ TEXTS = [
 async def store(weaviate: str, test_stack: Stack) -> AsyncIterator[ChunkStore]:
     chunk_store = await connect_store(weaviate, test_stack.weaviate.grpc_port, collection=COLLECTION)
     yield chunk_store
-    await chunk_store.client.collections.delete(COLLECTION)
+    await chunk_store.client.collections.delete([COLLECTION, deletions_collection(COLLECTION)])
     await chunk_store.close()
 
 
@@ -250,6 +251,20 @@ async def test_delete_document_removes_every_chunk(store: ChunkStore) -> None:
     assert [c.document_id for c in await store.search(t, "Kafka", [], options(top_k=10))] == ["keep"]
     assert await store.delete_document(t, "doc") == 0
     assert await store.delete_document(t, "never-stored") == 0
+
+
+async def test_deleted_since_refuses_ingests_requested_before_the_delete(store: ChunkStore) -> None:
+    t = tenant("tomb")
+    assert await store.deleted_since(t, {"doc": 1_000}) == set()  # no delete of this tenant yet
+    await store.record_deletion(t, "doc", 2_000, deletion_id="delete-1")
+    await store.record_deletion(t, "doc", 2_000, deletion_id="delete-1")  # a redelivered delete
+    requested = {"doc": 1_000, "other": 1_000}
+    assert await store.deleted_since(t, requested) == {"doc"}
+    assert await store.deleted_since(t, {"doc": 2_000}) == {"doc"}  # the same instant: the delete wins
+    assert await store.deleted_since(t, {"doc": 3_000}) == set()  # a re-ingest after the delete
+    await store.record_deletion(t, "doc", 5_000, deletion_id="delete-2")
+    assert await store.deleted_since(t, {"doc": 3_000}) == {"doc"}
+    assert await store.deleted_since(tenant("tomb-other"), {"doc": 1_000}) == set()  # tenants apart
 
 
 async def test_unknown_tenant_is_empty_not_an_error(store: ChunkStore) -> None:

@@ -22,27 +22,28 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from llmops.common.v1 import event_meta_pb2 as llmops_dot_common_dot_v1_dot_event__meta__pb2
 from llmops.ingest.v1 import document_pb2 as llmops_dot_ingest_dot_v1_dot_document__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dllmops/ingest/v1/events.proto\x12\x10llmops.ingest.v1\x1a!llmops/common/v1/event_meta.proto\x1a\x1fllmops/ingest/v1/document.proto\"r\n\x17\x44ocumentIngestRequested\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12,\n\x08\x64ocument\x18\x02 \x01(\x0b\x32\x1a.llmops.ingest.v1.Document\"\xb2\x01\n\x0e\x43hunksEmbedded\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x03 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x04 \x01(\t\x12/\n\x06\x63hunks\x18\x05 \x03(\x0b\x32\x1f.llmops.ingest.v1.EmbeddedChunk\"\x91\x01\n\x0f\x44ocumentIndexed\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\x12\x11\n\tunchanged\x18\x05 \x01(\x08\"Y\n\x17\x44ocumentDeleteRequested\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\"f\n\x0f\x44ocumentDeleted\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\r\"|\n\x14\x44ocumentIngestFailed\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0c\x66\x61iled_stage\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dllmops/ingest/v1/events.proto\x12\x10llmops.ingest.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!llmops/common/v1/event_meta.proto\x1a\x1fllmops/ingest/v1/document.proto\"r\n\x17\x44ocumentIngestRequested\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12,\n\x08\x64ocument\x18\x02 \x01(\x0b\x32\x1a.llmops.ingest.v1.Document\"\xe4\x01\n\x0e\x43hunksEmbedded\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x03 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x04 \x01(\t\x12/\n\x06\x63hunks\x18\x05 \x03(\x0b\x32\x1f.llmops.ingest.v1.EmbeddedChunk\x12\x30\n\x0crequested_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x91\x01\n\x0f\x44ocumentIndexed\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\x12\x11\n\tunchanged\x18\x05 \x01(\x08\"Y\n\x17\x44ocumentDeleteRequested\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\"f\n\x0f\x44ocumentDeleted\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\r\"|\n\x14\x44ocumentIngestFailed\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.llmops.common.v1.EventMeta\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0c\x66\x61iled_stage\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmops.ingest.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DOCUMENTINGESTREQUESTED']._serialized_start=119
-  _globals['_DOCUMENTINGESTREQUESTED']._serialized_end=233
-  _globals['_CHUNKSEMBEDDED']._serialized_start=236
-  _globals['_CHUNKSEMBEDDED']._serialized_end=414
-  _globals['_DOCUMENTINDEXED']._serialized_start=417
-  _globals['_DOCUMENTINDEXED']._serialized_end=562
-  _globals['_DOCUMENTDELETEREQUESTED']._serialized_start=564
-  _globals['_DOCUMENTDELETEREQUESTED']._serialized_end=653
-  _globals['_DOCUMENTDELETED']._serialized_start=655
-  _globals['_DOCUMENTDELETED']._serialized_end=757
-  _globals['_DOCUMENTINGESTFAILED']._serialized_start=759
-  _globals['_DOCUMENTINGESTFAILED']._serialized_end=883
+  _globals['_DOCUMENTINGESTREQUESTED']._serialized_start=152
+  _globals['_DOCUMENTINGESTREQUESTED']._serialized_end=266
+  _globals['_CHUNKSEMBEDDED']._serialized_start=269
+  _globals['_CHUNKSEMBEDDED']._serialized_end=497
+  _globals['_DOCUMENTINDEXED']._serialized_start=500
+  _globals['_DOCUMENTINDEXED']._serialized_end=645
+  _globals['_DOCUMENTDELETEREQUESTED']._serialized_start=647
+  _globals['_DOCUMENTDELETEREQUESTED']._serialized_end=736
+  _globals['_DOCUMENTDELETED']._serialized_start=738
+  _globals['_DOCUMENTDELETED']._serialized_end=840
+  _globals['_DOCUMENTINGESTFAILED']._serialized_start=842
+  _globals['_DOCUMENTINGESTFAILED']._serialized_end=966
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from llmops.common.v1 import event_meta_pb2 as _event_meta_pb2
 from llmops.ingest.v1 import document_pb2 as _document_pb2
 from google.protobuf.internal import containers as _containers
@@ -16,18 +17,20 @@ class DocumentIngestRequested(_message.Message):
     def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., document: _Optional[_Union[_document_pb2.Document, _Mapping]] = ...) -> None: ...
 
 class ChunksEmbedded(_message.Message):
-    __slots__ = ("meta", "document_id", "content_sha256", "embedding_model", "chunks")
+    __slots__ = ("meta", "document_id", "content_sha256", "embedding_model", "chunks", "requested_at")
     META_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_AT_FIELD_NUMBER: _ClassVar[int]
     meta: _event_meta_pb2.EventMeta
     document_id: str
     content_sha256: str
     embedding_model: str
     chunks: _containers.RepeatedCompositeFieldContainer[_document_pb2.EmbeddedChunk]
-    def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., document_id: _Optional[str] = ..., content_sha256: _Optional[str] = ..., embedding_model: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[_document_pb2.EmbeddedChunk, _Mapping]]] = ...) -> None: ...
+    requested_at: _timestamp_pb2.Timestamp
+    def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., document_id: _Optional[str] = ..., content_sha256: _Optional[str] = ..., embedding_model: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[_document_pb2.EmbeddedChunk, _Mapping]]] = ..., requested_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class DocumentIndexed(_message.Message):
     __slots__ = ("meta", "document_id", "content_sha256", "chunk_count", "unchanged")
