@@ -7,6 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings, WeaviateSettings
 from shared.tenants import TenantSettings
+from shared.topics import CHUNKS_EMBEDDED
 
 
 class RetrieverSettings(ServiceSettings):
@@ -27,3 +28,9 @@ class RetrieverSettings(ServiceSettings):
         "(a consumer must poll again within max.poll.interval.ms, 300 s by default).",
     )
     max_batch_records: int = Field(default=32, description="Kafka records handled together.")
+    deletion_record_retention_s: float = Field(
+        default=CHUNKS_EMBEDDED.retention_ms / 1000 + 86_400,
+        description="How long a delete record is kept (it refuses the chunks of ingests requested before "
+        "the delete): the retention of llmops.ingest.chunks-embedded.v1 plus a day, so late chunks still on "
+        "that topic meet it.",
+    )

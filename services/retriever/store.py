@@ -124,8 +124,9 @@ SCHEMA_PROPERTIES: list[Property] = [
 
 DELETION_PROPERTIES: list[Property] = [
     _keyword("document_id"),
-    # When the delete was requested, in microseconds since the epoch (its event's meta.occurred_at).
-    Property(name="deleted_at_us", data_type=DataType.INT, index_filterable=False, index_range_filters=False),
+    # When the delete was requested, in microseconds since the epoch (its event's meta.occurred_at);
+    # range-indexed so records past their retention are pruned with one filter.
+    Property(name="deleted_at_us", data_type=DataType.INT, index_filterable=True, index_range_filters=True),
 ]
 MULTI_TENANCY = Configure.multi_tenancy(enabled=True, auto_tenant_creation=False, auto_tenant_activation=True)
 
@@ -658,19 +659,33 @@ class ChunkStore:
                 return deleted
 
     async def record_deletion(
-        self, tenant_id: str, document_id: str, deleted_at_us: int, deletion_id: str
+        self,
+        tenant_id: str,
+        document_id: str,
+        deleted_at_us: int,
+        deletion_id: str,
+        *,
+        prune_before_us: int | None = None,
     ) -> None:
         """Remember that the document's delete was requested at `deleted_at_us` (idempotent per
         `deletion_id`, the delete event's id). Recorded before the chunks are deleted, so an ingest that
-        writes in between finds it when it checks after its write."""
+        writes in between finds it when it checks after its write. Records of the tenant older than
+        `prune_before_us` are dropped (no ingest that old can still arrive)."""
         validate_tenant_id(tenant_id)
         await self._call(
             "record_deletion",
-            lambda: self._record_deletion(tenant_id, document_id, deleted_at_us, deletion_id),
+            lambda: self._record_deletion(
+                tenant_id, document_id, deleted_at_us, deletion_id, prune_before_us
+            ),
         )
 
     async def _record_deletion(
-        self, tenant_id: str, document_id: str, deleted_at_us: int, deletion_id: str
+        self,
+        tenant_id: str,
+        document_id: str,
+        deleted_at_us: int,
+        deletion_id: str,
+        prune_before_us: int | None,
     ) -> None:
         if tenant_id not in self._deletion_tenants:
             await self._deletions.tenants.create([Tenant(name=tenant_id)])  # no-op when it exists
@@ -684,6 +699,11 @@ class ChunkStore:
             raise _batch_failure(
                 "record deletion", (e.message for e in result.errors.values()), 1, tenant_id, document_id
             )
+        if prune_before_us is not None:
+            expired = Filter.by_property("deleted_at_us").less_than(prune_before_us)
+            pruned = await self._deletions.with_tenant(tenant_id).data.delete_many(where=expired)
+            if pruned.successful:
+                log.info("pruned %d expired delete records of %s", pruned.successful, tenant_id)
 
     async def deleted_since(self, tenant_id: str, requested_at_us: Mapping[str, int]) -> set[str]:
         """Those of the documents (id -> when its ingest was requested) whose delete was requested at

@@ -267,6 +267,14 @@ async def test_deleted_since_refuses_ingests_requested_before_the_delete(store: 
     assert await store.deleted_since(tenant("tomb-other"), {"doc": 1_000}) == set()  # tenants apart
 
 
+async def test_delete_records_past_their_retention_are_pruned(store: ChunkStore) -> None:
+    t = tenant("prune")
+    await store.record_deletion(t, "old", 1_000, deletion_id="delete-old")
+    await store.record_deletion(t, "recent", 4_000, deletion_id="delete-recent")
+    await store.record_deletion(t, "new", 6_000, deletion_id="delete-new", prune_before_us=3_000)
+    assert await store.deleted_since(t, {"old": 500, "recent": 500, "new": 500}) == {"recent", "new"}
+
+
 async def test_unknown_tenant_is_empty_not_an_error(store: ChunkStore) -> None:
     t = tenant("ghost")
     assert await store.search(t, "Kafka", unit(1), options(alpha=0.5)) == []
