@@ -253,6 +253,17 @@ async def produce_input(
         await producer.stop()
 
 
+async def start_at_end(consumer: AIOKafkaConsumer, timeout_s: float = 60.0) -> None:
+    """Wait for the started consumer's partitions and move it to their ends, so it reads only what is
+    produced from now on."""
+    deadline = time.monotonic() + timeout_s
+    while not consumer.assignment():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the consumer got no partitions in {timeout_s:.0f} s")
+        await asyncio.sleep(0.05)
+    await consumer.seek_to_end()
+
+
 async def topic_size(bootstrap: str, topic: str) -> int:
     """Records in `topic` (sum of its partitions' end offsets)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)

@@ -31,7 +31,7 @@ from faststream.middlewares import AckPolicy
 from llmops.query.v1.events_pb2 import QueryRequested
 from prometheus_client import CollectorRegistry
 
-from bench.bus import MAX_RECORDS, create_topics, make_events
+from bench.bus import MAX_RECORDS, create_topics, make_events, start_at_end
 from bench.report import Row, status
 from shared.bus import (
     BATCH_POLL_TIMEOUT_MS,
@@ -93,16 +93,6 @@ def _hop_broker(bootstrap: str, hop: Hop) -> KafkaBroker:
     return broker
 
 
-async def _assigned(consumer: AIOKafkaConsumer, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not consumer.assignment():
-        if time.monotonic() > deadline:
-            raise RuntimeError("the probe consumer got no partitions")
-        await asyncio.sleep(0.05)
-    for partition in consumer.assignment():  # resolve "latest" now, before the first probe is sent
-        await consumer.position(partition)
-
-
 async def _read_output(consumer: AIOKafkaConsumer, arrivals: asyncio.Queue[tuple[bytes, float]]) -> None:
     """Poll the output without pause, as a service's consumer does (a record taken with getone and no
     further poll leaves its partition out of the next fetches for a while, which would time the reader,
@@ -160,7 +150,7 @@ async def run_idle_hop(
     try:
         for output, queue in zip(outputs, arrivals, strict=True):
             await output.start()
-            await _assigned(output)
+            await start_at_end(output)  # before the first probe is sent
             readers.append(asyncio.create_task(_read_output(output, queue)))
         for i, hop in enumerate(hops):  # first record per hop: its group joins, not measured
             await _probe(producer, arrivals[i], hop, records[-1 - i])

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from llmops.ingest.v1.document_pb2 import Document
 from llmops.ingest.v1.events_pb2 import DocumentIndexed, DocumentIngestRequested
 
+from bench.bus import start_at_end
 from bench.embedding import make_texts, raw_throughput
 from bench.report import Row, status
 from services.cli.stack import service_process
@@ -68,9 +69,7 @@ async def _pipeline_docs_per_s(bootstrap: str, events: list[DocumentIngestReques
     )
     await consumer.start()
     try:
-        while not consumer.assignment():  # noqa: ASYNC110 (aiokafka offers no event for assignment)
-            await asyncio.sleep(0.05)
-        await consumer.seek_to_end()
+        await start_at_end(consumer)
         started = time.perf_counter()
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
         await producer.start()

@@ -289,11 +289,10 @@ def create_app(settings: RetrieverSettings | None = None) -> FastStream:
         if not event.document_id:
             raise PermanentError("document_id is empty")
         # The record first: an ingest writing meanwhile finds it after its write (index_unless_deleted).
-        deleted_at = domain.deleted_at_us(event)
         await clients.chunks.record_deletion(
             event.meta.tenant_id,
             event.document_id,
-            deleted_at,
+            domain.deleted_at_us(event),
             event.meta.event_id,
             prune_before_us=int((time.time() - settings.deletion_record_retention_s) * 1_000_000),
         )

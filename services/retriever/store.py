@@ -441,10 +441,7 @@ class ChunkStore:
         await self._call("ensure_tenant", lambda: self._ensure_tenant(tenant_id))
 
     async def _ensure_tenant(self, tenant_id: str) -> None:
-        if tenant_id in self._tenants:
-            return
-        await self._collection.tenants.create([Tenant(name=tenant_id)])  # no-op when it exists
-        self._tenants.add(tenant_id)
+        await _create_tenant(self._collection, self._tenants, tenant_id)
 
     async def _tenant_exists(self, tenant_id: str) -> bool:
         return await _tenant_known(self._collection, self._tenants, tenant_id)
@@ -540,20 +537,9 @@ class ChunkStore:
     async def _insert(
         self, tenant_id: str, objects: list[DataObject[dict[str, Any], None]], label: str
     ) -> None:
-        """Write objects in gRPC batches; any object error fails the call (RetryableError or Permanent)."""
+        """Write chunk objects, creating the tenant first if needed (`_insert_objects`)."""
         await self._ensure_tenant(tenant_id)
-        tenant = self._collection.with_tenant(tenant_id)
-        for start in range(0, len(objects), INSERT_BATCH_SIZE):
-            batch = objects[start : start + INSERT_BATCH_SIZE]
-            result: BatchObjectReturn = await tenant.data.insert_many(batch)
-            if result.has_errors or result.errors:
-                raise _batch_failure(
-                    "insert",
-                    (error.message for error in result.errors.values()),
-                    len(batch),
-                    tenant_id,
-                    label,
-                )
+        await _insert_objects(self._collection, tenant_id, objects, label)
 
     async def _delete_stale(self, tenant_id: str, document_id: str, content_sha256: str, count: int) -> int:
         """Delete the document's chunks that the version (hash, chunk count) just written does not own."""
@@ -687,18 +673,12 @@ class ChunkStore:
         deletion_id: str,
         prune_before_us: int | None,
     ) -> None:
-        if tenant_id not in self._deletion_tenants:
-            await self._deletions.tenants.create([Tenant(name=tenant_id)])  # no-op when it exists
-            self._deletion_tenants.add(tenant_id)
+        await _create_tenant(self._deletions, self._deletion_tenants, tenant_id)
         properties: dict[str, Any] = {"document_id": document_id, "deleted_at_us": deleted_at_us}
         record = DataObject(
             uuid=generate_uuid5(f"{tenant_id}/{document_id}/{deletion_id}"), properties=properties
         )
-        result: BatchObjectReturn = await self._deletions.with_tenant(tenant_id).data.insert_many([record])
-        if result.has_errors or result.errors:
-            raise _batch_failure(
-                "record deletion", (e.message for e in result.errors.values()), 1, tenant_id, document_id
-            )
+        await _insert_objects(self._deletions, tenant_id, [record], document_id)
         if prune_before_us is not None:
             expired = Filter.by_property("deleted_at_us").less_than(prune_before_us)
             pruned = await self._deletions.with_tenant(tenant_id).data.delete_many(where=expired)
@@ -824,6 +804,29 @@ class ChunkStore:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+async def _create_tenant(collection: Any, known: set[str], tenant_id: str) -> None:
+    """Create the tenant in `collection` unless `known` says it exists (creating one twice is a no-op)."""
+    if tenant_id in known:
+        return
+    await collection.tenants.create([Tenant(name=tenant_id)])
+    known.add(tenant_id)
+
+
+async def _insert_objects(
+    collection: Any, tenant_id: str, objects: Sequence[DataObject[dict[str, Any], None]], label: str
+) -> None:
+    """Write objects of one tenant in gRPC batches; any object error fails the call (RetryableError or
+    PermanentError, by `_batch_failure`)."""
+    tenant = collection.with_tenant(tenant_id)
+    for start in range(0, len(objects), INSERT_BATCH_SIZE):
+        batch = objects[start : start + INSERT_BATCH_SIZE]
+        result: BatchObjectReturn = await tenant.data.insert_many(batch)
+        if result.has_errors or result.errors:
+            raise _batch_failure(
+                "insert", (error.message for error in result.errors.values()), len(batch), tenant_id, label
+            )
 
 
 async def _tenant_known(collection: Any, known: set[str], tenant_id: str) -> bool:

@@ -15,12 +15,11 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
 import tritonclient.grpc as triton_grpc
-from google.protobuf.message import Message
 from llmops.api.v1 import feedback_service_pb2 as feedback_pb
 from llmops.api.v1 import feedback_service_pb2_grpc as feedback_grpc
 from llmops.api.v1 import ingest_service_pb2 as ingest_pb
@@ -41,12 +40,10 @@ from services.gateway.auth import issue_key
 from shared.events import new_meta
 from shared.infra.stack import Stack
 from shared.topics import DELETE_REQUESTED, INGEST_REQUESTED, MODEL_PROMOTED, MODEL_ROLLED_BACK
-from tests.support.kafka_tools import decode_records, produce_events, read_all
+from tests.support.kafka_tools import produce_events, topic_events
 from tests.support.processes import ServiceProcess, platform_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
-
-M = TypeVar("M", bound=Message)
 
 TENANT = "rollout"
 NEIGHBOUR = "rollout-neighbour"  # another tenant: a version fine-tuned on TENANT's data never serves it
@@ -168,17 +165,11 @@ async def feedback(loop: Loop, items: list[feedback_pb.SubmitFeedbackRequest]) -
             await stub.SubmitFeedback(item, metadata=loop.md(), timeout=10)
 
 
-async def topic_events(loop: Loop, topic: str, message: type[M]) -> list[M]:
-    """Every `message` event on `topic` so far."""
-    records = await read_all(loop.kafka, topic, expected=10_000, timeout_s=1.5)
-    return [event for _, event in decode_records(records, message)]
-
-
 async def events_of(loop: Loop, topic: str, message: Any, timeout_s: float, until: Any) -> list[Any]:
     deadline = time.monotonic() + timeout_s
     found: list[Any] = []
     while time.monotonic() < deadline:
-        found = [e for e in await topic_events(loop, topic, message) if e.model_name == MODEL]
+        found = [e for e in await topic_events(loop.kafka, topic, message) if e.model_name == MODEL]
         if until(found):
             return found
     return found
@@ -356,7 +347,7 @@ async def test_approved_answers_ground_later_queries_until_retracted(loop: Loop)
     document_id = knowledge_document_id(answer.correlation_id)
     [ingest] = [
         event
-        for event in await topic_events(loop, INGEST_REQUESTED.name, DocumentIngestRequested)
+        for event in await topic_events(loop.kafka, INGEST_REQUESTED.name, DocumentIngestRequested)
         if event.document.document_id == document_id
     ]
     deletes_before = len(await deletes_of(loop, document_id))
@@ -376,12 +367,12 @@ async def knowledge_ingests(loop: Loop, wanted: set[str], timeout_s: float) -> s
     """Ids of the documents the finetune asked to ingest, read until they include `wanted`."""
     deadline = time.monotonic() + timeout_s
     while True:
-        ingests = await topic_events(loop, INGEST_REQUESTED.name, DocumentIngestRequested)
+        ingests = await topic_events(loop.kafka, INGEST_REQUESTED.name, DocumentIngestRequested)
         found = {e.document.document_id for e in ingests}
         if found >= wanted or time.monotonic() > deadline:
             return found
 
 
 async def deletes_of(loop: Loop, document_id: str) -> list[DocumentDeleteRequested]:
-    deletes = await topic_events(loop, DELETE_REQUESTED.name, DocumentDeleteRequested)
+    deletes = await topic_events(loop.kafka, DELETE_REQUESTED.name, DocumentDeleteRequested)
     return [e for e in deletes if e.document_id == document_id]

@@ -45,7 +45,7 @@ from shared.topics import (
     INGEST_REQUESTED,
     QUERY_REQUESTED,
 )
-from tests.support.kafka_tools import decode_records, produce_events, produce_raw, read_all
+from tests.support.kafka_tools import produce_events, produce_raw, read_all, topic_events
 from tests.support.processes import ServiceProcess, platform_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
@@ -201,8 +201,8 @@ async def test_delete_removes_the_documents_chunks(platform: Platform) -> None:
 
 async def _outcomes(kafka: str, topic: str, message_type: type[Any], correlation_id: str) -> list[Any]:
     """The events of `message_type` on `topic` that follow from the request `correlation_id`."""
-    records = await read_all(kafka, topic, expected=100_000, timeout_s=1)
-    return [e for _, e in decode_records(records, message_type) if e.meta.correlation_id == correlation_id]
+    events = await topic_events(kafka, topic, message_type, timeout_s=1)
+    return [e for e in events if e.meta.correlation_id == correlation_id]
 
 
 async def _first_outcome(kafka: str, topic: str, message_type: type[Any], correlation_id: str) -> Any:

@@ -148,3 +148,9 @@ def decode_records(records: list[Any], message_type: type[M]) -> list[tuple[Any,
         except DecodeError:
             continue
     return decoded
+
+
+async def topic_events(bootstrap: str, topic: str, message_type: type[M], timeout_s: float = 1.5) -> list[M]:
+    """Every `message_type` event on `topic` so far (read from the start for `timeout_s`)."""
+    records = await read_all(bootstrap, topic, expected=100_000, timeout_s=timeout_s)
+    return [event for _, event in decode_records(records, message_type)]
