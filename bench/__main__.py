@@ -78,7 +78,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--embedding-texts", type=int, default=1000, help="texts per embedding run")
     parser.add_argument("--ingest-docs", type=int, default=600, help="documents per ingestion run")
     parser.add_argument("--vectors", type=int, default=50_000, help="vectors in the retrieval benchmark")
-    parser.add_argument("--monitor-events", type=int, default=20_000, help="events per monitor sink run")
+    parser.add_argument("--monitor-events", type=int, default=100_000, help="events per monitor sink run")
     parser.add_argument("--queries", type=int, default=200, help="gRPC queries in the end-to-end benchmark")
     parser.add_argument(
         "--results-dir",

@@ -5,9 +5,12 @@ max_batch_records) started on a private Kafka whose llmops.query.answered.v1 alr
 events/s = records committed by the monitor's group per second, from the first commit to the last
 (process start-up and the consumer group join are left out). At the end the monitor's gRPC API must
 report every request exactly once.
-Variant B: the same events decoded, scored (groundedness), turned into rows and inserted in batches of
-the same size by MonitorStore into chdb in one process: the sink without Kafka, FastStream and the
-EventGuard (with the monitor's garbage-collector settings, services/monitor/__main__.py).
+Variant B: the same events stored in batches of the same size by the path the monitor takes for full
+batches (the fast path, services/monitor/native.py: framed records into the ClickHouse engine) in one
+process: the sink without Kafka, FastStream and the EventGuard. A second row sets the fast path beside
+the per-event path (decode, groundedness, rows and MonitorStore.insert_requests in Python), both in
+this process, each run alternating with the other (with the monitor's garbage-collector settings,
+services/monitor/__main__.py).
 
 Telemetry lag, in the same monitor process once it has drained the backlog: events produced at a steady
 rate (LAG_RATE/s for LAG_SECONDS, each stamped when it is produced) and, per event, the time from
@@ -44,12 +47,12 @@ from llmops.query.v1.query_pb2 import Citation, RetrievedChunk, StageTiming, Tok
 from bench.embedding import make_texts
 from bench.report import Row, rate, status
 from services.cli.stack import service_process
-from services.monitor import domain
+from services.monitor import domain, native
 from services.monitor.__main__ import tune_gc
 from services.monitor.quality import groundedness
 from services.monitor.redaction import RedactionPolicy
 from services.monitor.settings import MonitorSettings
-from services.monitor.store import MonitorStore
+from services.monitor.store import REQUEST_COLUMNS, MonitorStore
 from shared.clickhouse import ChdbClickHouse
 from shared.events import event_headers, new_meta
 from shared.infra.stack import Stack
@@ -258,26 +261,36 @@ def _sink_run(stack: Stack, state_dir: Path, run: int, events: int) -> dict[str,
     }
 
 
-def _raw_sink(events: list[QueryAnswered], path: Path) -> float:
-    """events/s of decode + score + rows + MonitorStore.insert_requests in batches, in this process
-    (under the monitor process's garbage-collector settings, this process's own objects frozen)."""
+def _per_event_batch(store: MonitorStore, payloads: list[bytes], policy: RedactionPolicy) -> None:
+    now = datetime.now(UTC)
+    rows = []
+    for body in payloads:
+        event = QueryAnswered()
+        event.ParseFromString(body)
+        score = groundedness(event.answer, [c.text for c in event.context])
+        rows.append(domain.answered_row(event, groundedness=score, redaction=policy, received_at=now))
+    store.insert_requests(rows)
+
+
+def _raw_sink(events: list[QueryAnswered], path: Path, *, fast: bool) -> float:
+    """events/s of the fast path (native.frame + native.store_answered), or of the per-event path
+    (decode + score + rows + MonitorStore.insert_requests), in batches, in this process (under the
+    monitor process's garbage-collector settings, this process's own objects frozen)."""
     payloads = [e.SerializeToString() for e in events]
     store = MonitorStore(ChdbClickHouse(path))
     policy = RedactionPolicy()
+    statements = native.AnsweredStatements.build(policy, 0.6, REQUEST_COLUMNS)
     thresholds = gc.get_threshold()
     try:
         store.create_schema()
         tune_gc()
         started = time.perf_counter()
         for offset in range(0, len(payloads), BATCH):
-            now = datetime.now(UTC)
-            rows = []
-            for body in payloads[offset : offset + BATCH]:
-                event = QueryAnswered()
-                event.ParseFromString(body)
-                score = groundedness(event.answer, [c.text for c in event.context])
-                rows.append(domain.answered_row(event, groundedness=score, redaction=policy, received_at=now))
-            store.insert_requests(rows)
+            batch = payloads[offset : offset + BATCH]
+            if fast:
+                native.store_answered(store.db, statements, native.frame(batch))
+            else:
+                _per_event_batch(store, batch, policy)
         elapsed = time.perf_counter() - started
         if store.count_rows("requests") != len(events):
             raise RuntimeError("raw sink lost rows")
@@ -288,11 +301,12 @@ def _raw_sink(events: list[QueryAnswered], path: Path) -> float:
         store.close()
 
 
-def run_monitor(events: int = 20_000, repeats: int = 2) -> tuple[list[Row], dict[str, Any]]:
+def run_monitor(events: int = 100_000, repeats: int = 2) -> tuple[list[Row], dict[str, Any]]:
     batch = make_events(events)
     payload_bytes = statistics.mean(len(e.SerializeToString()) for e in batch[:200])
     runs: list[dict[str, Any]] = []
     raw_rates: list[float] = []
+    per_event_rates: list[float] = []
     with tempfile.TemporaryDirectory(prefix="llmops-bench-monitor-") as state_dir:
         state = Path(state_dir)
         stack = Stack(state / "stack", port_base=PORT_BASE, components=("kafka",))
@@ -300,7 +314,8 @@ def run_monitor(events: int = 20_000, repeats: int = 2) -> tuple[list[Row], dict
             status(f"monitor: starting Kafka, producing {events:,} QueryAnswered events")
             stack.up()
             asyncio.run(produce_events(stack.kafka.bootstrap_servers, batch))
-            # Alternate: A (monitor process over the filled topic), B (raw sink), A, B, ...
+            # Alternate: A (monitor process over the filled topic), B (fast path in this process), the
+            # per-event path in this process, A, B, ...
             for rep in range(repeats):
                 run = _sink_run(stack, state, rep, events)
                 runs.append(run)
@@ -310,20 +325,33 @@ def run_monitor(events: int = 20_000, repeats: int = 2) -> tuple[list[Row], dict
                     f"({run['rows']} rows); lag at {LAG_RATE}/s p50 {lag['p50_ms']:.0f} ms, "
                     f"p99 {lag['p99_ms']:.0f} ms"
                 )
-                raw = _raw_sink(batch, state / f"raw-{rep}")
+                raw = _raw_sink(batch, state / f"raw-{rep}", fast=True)
                 raw_rates.append(raw)
-                status(f"monitor: run {rep + 1}/{repeats} raw sink: {raw:,.0f} ev/s")
+                per_event = _raw_sink(batch, state / f"per-event-{rep}", fast=False)
+                per_event_rates.append(per_event)
+                status(
+                    f"monitor: run {rep + 1}/{repeats} in-process fast path {raw:,.0f} ev/s, "
+                    f"per-event path {per_event:,.0f} ev/s"
+                )
         finally:
             stack.down()
     monitor_rates = [r["events_per_s"] for r in runs]
     a, b = statistics.median(monitor_rates), statistics.median(raw_rates)
+    c = statistics.median(per_event_rates)
     notes = (
         f"QueryAnswered ~{payload_bytes:,.0f} B (5 chunks of ~60 words, 5 timings), N={events:,} per run, "
         f"median of {repeats} (A runs {', '.join(f'{r:,.0f}' for r in monitor_rates)}; B runs "
         f"{', '.join(f'{r:,.0f}' for r in raw_rates)}); A = one monitor process, chdb, batches of up to "
         f"{BATCH}, events/s between first and last commit, every request stored once (checked over gRPC); "
-        "B = decode, groundedness, rows and insert_requests in one process; "
+        "B = the same batches through the fast path (services/monitor/native.py) in one process; "
         f"{os.cpu_count()} CPUs shared with Kafka"
+    )
+    path_notes = (
+        f"the same {events:,} events in batches of {BATCH}, both in this process, alternating; fast path: "
+        "framed records, the row and groundedness computed by the ClickHouse engine (runs "
+        f"{', '.join(f'{r:,.0f}' for r in raw_rates)}); per-event path: decode, groundedness, rows and "
+        f"insert_requests in Python (runs {', '.join(f'{r:,.0f}' for r in per_event_rates)}); both store "
+        "equal rows (tests/unit/test_monitor_native.py)"
     )
     p50s = [r["lag_phase"]["p50_ms"] for r in runs]
     p99s = [r["lag_phase"]["p99_ms"] for r in runs]
@@ -340,9 +368,16 @@ def run_monitor(events: int = 20_000, repeats: int = 2) -> tuple[list[Row], dict
         Row(
             "monitor sink (QueryAnswered -> chdb)",
             f"monitor {rate(a)}",
-            f"raw sink {rate(b)}",
+            f"in-process fast path {rate(b)}",
             f"{a / b:.2f}",
             notes,
+        ),
+        Row(
+            "monitor store paths, in-process (QueryAnswered -> chdb)",
+            f"fast path {rate(b)}",
+            f"per-event path {rate(c)}",
+            f"{b / c:.2f}",
+            path_notes,
         ),
         Row(
             "monitor telemetry lag, produce -> row stored (ms)",
@@ -357,6 +392,7 @@ def run_monitor(events: int = 20_000, repeats: int = 2) -> tuple[list[Row], dict
         "payload_bytes": payload_bytes,
         "monitor_ev_per_s": monitor_rates,
         "raw_ev_per_s": raw_rates,
+        "per_event_ev_per_s": per_event_rates,
         "runs": runs,
     }
 
@@ -364,6 +400,6 @@ def run_monitor(events: int = 20_000, repeats: int = 2) -> tuple[list[Row], dict
 if __name__ == "__main__":
     from bench.report import markdown_table
 
-    rows, raw_numbers = run_monitor(events=int(os.environ.get("BENCH_MONITOR_EVENTS", "20000")))
+    rows, raw_numbers = run_monitor(events=int(os.environ.get("BENCH_MONITOR_EVENTS", "100000")))
     print(markdown_table(rows))
     print(raw_numbers)

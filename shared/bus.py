@@ -113,6 +113,7 @@ def _header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
 # What a batch handler gets (record and decoded event pairs) and gives back (pairs that failed for good).
 Decoded = list[tuple[ConsumerRecord[Any, Any], M]]
 Rejected = list[tuple[ConsumerRecord[Any, Any], BaseException]]
+Records = Sequence[ConsumerRecord[Any, Any]]
 OneRejected = tuple[ConsumerRecord[Any, Any], BaseException] | None
 
 
@@ -178,7 +179,7 @@ class EventGuard:
 
     async def process_batch(
         self,
-        records: Sequence[ConsumerRecord[Any, Any]],
+        records: Records,
         message_type: type[M],
         handle: Callable[[Decoded[M]], Awaitable[Rejected]],
     ) -> None:
@@ -204,11 +205,7 @@ class EventGuard:
         try:
             rejected = await handle(decoded)
         except Exception as exc:
-            if is_transient(exc):
-                REDELIVERIES.labels(records[0].topic).inc()
-                log.warning("transient failure, batch will be redelivered", extra={"error": repr(exc)})
-                await asyncio.sleep(self.redelivery_pause_s)
-                raise NackMessage() from exc
+            await self._redeliver_if_transient(records, exc)
             # A bug or an unforeseen error: as for single records, park the events with the reason
             # instead of redelivering the batch forever.
             log.exception(
@@ -219,6 +216,36 @@ class EventGuard:
             await self.dead_letter_or_redeliver(record, reason)
         for _, event in decoded:
             await self.store.mark(event.meta.event_id)  # type: ignore[attr-defined]
+
+    async def process_records(
+        self,
+        records: Records,
+        message_type: type[M],
+        handle_records: Callable[[Records], Awaitable[bool]],
+        handle: Callable[[Decoded[M]], Awaitable[Rejected]],
+    ) -> None:
+        """A batch through `handle_records`, which takes the records undecoded (a sink that validates
+        and deduplicates them itself, e.g. in ClickHouse) and says whether it took them; when it does
+        not, or fails in a way that is not transient, the batch goes through `process_batch` and
+        `handle`, which judge each record on its own. No idempotency store is consulted on the fast
+        path."""
+        expected = message_type.DESCRIPTOR.full_name
+        if all(_header(record, HEADER_EVENT_TYPE) in (None, expected) for record in records):
+            try:
+                if await handle_records(records):
+                    return
+            except Exception as exc:
+                await self._redeliver_if_transient(records, exc)
+                log.exception("fast path failed; the batch takes the per-event path")
+        await self.process_batch(records, message_type, handle)
+
+    async def _redeliver_if_transient(self, records: Records, exc: Exception) -> None:
+        """A transient failure leaves the batch uncommitted: pause, then NackMessage (redelivery)."""
+        if is_transient(exc):
+            REDELIVERIES.labels(records[0].topic).inc()
+            log.warning("transient failure, batch will be redelivered", extra={"error": repr(exc)})
+            await asyncio.sleep(self.redelivery_pause_s)
+            raise NackMessage() from exc
 
     async def dead_letter_or_redeliver(self, record: ConsumerRecord[Any, Any], exc: BaseException) -> None:
         try:

@@ -16,6 +16,7 @@ writes to ClickHouse then leaves its offsets uncommitted and catches up once the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ class ClickHouseUnavailable(RetryableError):
 
 
 class ClickHouse(Protocol):
-    def command(self, sql: str) -> None:
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
         """Run DDL or a statement without result rows."""
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
@@ -42,7 +43,15 @@ class ClickHouse(Protocol):
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Append rows to a table."""
 
+    def insert_protobuf(self, table: str, data: bytes, schema: str, message: str) -> None:
+        """Append rows in FORMAT Protobuf: length-delimited `message`s of the proto3 file `schema`
+        (its text, with no imports), fields matched to columns by name."""
+
     def close(self) -> None: ...
+
+
+def _settings_clause(settings: dict[str, str]) -> str:
+    return ", ".join(f"{name} = '{value.translate(_ESCAPES)}'" for name, value in settings.items())
 
 
 # clickhouse-connect's escape_str (binding.must_escape) as one str.translate table: a backslash before
@@ -131,13 +140,14 @@ class ChdbClickHouse:
         from chdb import session
 
         path.mkdir(parents=True, exist_ok=True)
+        self._path = path.resolve()
         try:
             self._session = session.Session(str(path))
         except Exception as exc:  # another process holds the path, or another path is open here
             raise ClickHouseUnavailable(f"cannot open chdb at {path}: {exc}") from exc
 
-    def command(self, sql: str) -> None:
-        self._session.query(sql)
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
+        self._session.query(sql, params=bind_parameters(parameters) or None)
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         params = bind_parameters(parameters)
@@ -165,6 +175,22 @@ class ChdbClickHouse:
             inserter.append(body)
             inserter.finish()
 
+    def insert_protobuf(self, table: str, data: bytes, schema: str, message: str) -> None:
+        # The schema as a file in the engine's folder: given as a string, the engine would cache it
+        # in the process's working directory.
+        schema_file = (
+            self._path / "format_schemas" / f"{hashlib.sha256(schema.encode()).hexdigest()[:16]}.proto"
+        )
+        if not schema_file.exists():
+            schema_file.parent.mkdir(exist_ok=True)
+            partial = schema_file.with_suffix(".tmp")
+            partial.write_text(schema)
+            partial.replace(schema_file)
+        clause = _settings_clause({"format_schema": f"{schema_file}:{message}"})
+        with self._session.send_insert(f"INSERT INTO {table} SETTINGS {clause}", "Protobuf") as inserter:
+            inserter.append(data)
+            inserter.finish()
+
     def close(self) -> None:
         self._session.close()
 
@@ -189,9 +215,9 @@ class ServerClickHouse:
                 raise ClickHouseUnavailable(f"ClickHouse at {url} unavailable: {exc}") from exc
             raise
 
-    def command(self, sql: str) -> None:
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
         try:
-            self._client.command(sql)
+            self._client.command(sql, parameters=parameters)
         except Exception as exc:
             if _unavailable(exc):
                 raise ClickHouseUnavailable(str(exc)) from exc
@@ -210,6 +236,19 @@ class ServerClickHouse:
             return
         try:
             self._client.insert(table, [list(r) for r in rows], column_names=list(columns))
+        except Exception as exc:
+            if _unavailable(exc):
+                raise ClickHouseUnavailable(str(exc)) from exc
+            raise
+
+    def insert_protobuf(self, table: str, data: bytes, schema: str, message: str) -> None:
+        settings = {
+            "format_schema_source": "string",
+            "format_schema": schema,
+            "format_schema_message_name": message,
+        }
+        try:
+            self._client.raw_insert(table, insert_block=data, settings=settings, fmt="Protobuf")
         except Exception as exc:
             if _unavailable(exc):
                 raise ClickHouseUnavailable(str(exc)) from exc

@@ -22,7 +22,16 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
 
-from shared.bus import BATCH_POLL_TIMEOUT_MS, Decoded, EventGuard, M, Rejected, create_broker, raw_records
+from shared.bus import (
+    BATCH_POLL_TIMEOUT_MS,
+    Decoded,
+    EventGuard,
+    M,
+    Records,
+    Rejected,
+    create_broker,
+    raw_records,
+)
 from shared.grpc_server import GrpcEndpoint, Registration, start_grpc_server
 from shared.idempotency import IdempotencyStore, open_store
 from shared.logs import configure_logging
@@ -47,11 +56,14 @@ class FetchSizes:
 @dataclass(frozen=True)
 class Route(Generic[M]):
     """How one topic's records are handled: decoded as `message_type`, given to `handle` in batches,
-    through `guard` (None: the runtime's EventGuard, with its idempotency store)."""
+    through `guard` (None: the runtime's EventGuard, with its idempotency store). With
+    `handle_records`, batches go first to it undecoded, and to `handle` only when it declines them
+    (EventGuard.process_records)."""
 
     message_type: type[M]
     handle: Callable[[Decoded[M]], Awaitable[Rejected]]
     guard: EventGuard | None = None
+    handle_records: Callable[[Records], Awaitable[bool]] | None = None
 
 
 class ServiceRuntime:
@@ -125,7 +137,12 @@ class ServiceRuntime:
             for topic, topic_records in by_topic.items():
                 route = routes[topic]
                 guard = route.guard if route.guard is not None else self.guard
-                await guard.process_batch(topic_records, route.message_type, route.handle)
+                if route.handle_records is not None:
+                    await guard.process_records(
+                        topic_records, route.message_type, route.handle_records, route.handle
+                    )
+                else:
+                    await guard.process_batch(topic_records, route.message_type, route.handle)
 
     def app(
         self,

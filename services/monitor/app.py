@@ -30,13 +30,13 @@ from llmops.query.v1.events_pb2 import QueryAnswered, QueryEmbedded, QueryFailed
 from llmops.telemetry.v1.events_pb2 import TelemetrySpan
 from prometheus_client import Counter
 
-from services.monitor import domain
+from services.monitor import domain, native
 from services.monitor.api import MonitorServicer
-from services.monitor.quality import QualityMonitor, Thresholds, groundedness
+from services.monitor.quality import QualityMonitor, Sample, Thresholds, groundedness
 from services.monitor.redaction import RedactionPolicy
 from services.monitor.settings import MonitorSettings
-from services.monitor.store import Retention, StoreRunner
-from shared.bus import Decoded, EventGuard, Rejected, publish_event
+from services.monitor.store import REQUEST_COLUMNS, Retention, StoreRunner
+from shared.bus import Decoded, EventGuard, Records, Rejected, publish_event
 from shared.clickhouse import ClickHouse, ClickHouseUnavailable, open_clickhouse
 from shared.errors import MalformedEventError
 from shared.grpc_server import Registration
@@ -165,13 +165,38 @@ def create_app(
                     extra={"tenant_id": tenant, "signal": breach.signal, "detail": breach.detail},
                 )
 
+    async def observe_requests(samples: list[tuple[str, Sample]]) -> None:
+        """The quality windows take the requests just stored (so replays do not count twice)."""
+        ROWS_WRITTEN.labels("requests").inc(len(samples))
+        for tenant, sample in samples:
+            quality.observe(tenant, sample)
+        await publish_breaches(tenant for tenant, _ in samples)
+
     async def record_requests(rows: list[domain.Row]) -> None:
         async with runner.requests_lock:  # the existence check and the insert go together
             inserted = await runner.run(lambda store: store.insert_requests(rows))
-        ROWS_WRITTEN.labels("requests").inc(len(inserted))
-        for row in inserted:  # replays of stored requests do not count twice in the windows
-            quality.observe(row["tenant_id"], domain.quality_sample(row))
-        await publish_breaches(row["tenant_id"] for row in inserted)
+        await observe_requests([(row["tenant_id"], domain.quality_sample(row)) for row in inserted])
+
+    answered_sql = native.AnsweredStatements.build(
+        policy, settings.sentence_support_threshold, REQUEST_COLUMNS
+    )
+
+    async def on_answered_records(records: Records) -> bool:
+        """A large batch of answers stored by the ClickHouse engine from the records as they came
+        (services/monitor/native.py); small batches and refused ones take on_answered."""
+        if len(records) < settings.fast_path_min_records or any(r.value is None for r in records):
+            return False
+        framed = native.frame(record.value for record in records)
+        try:
+            async with runner.requests_lock:
+                samples = await runner.run(
+                    lambda store: native.store_answered(store.db, answered_sql, framed)
+                )
+        except native.Refused as exc:
+            log.info("batch of answers takes the per-event path", extra={"reason": str(exc)})
+            return False
+        await observe_requests(samples)
+        return True
 
     async def on_answered(decoded: Decoded[QueryAnswered]) -> Rejected:
         received = datetime.now(UTC)
@@ -227,7 +252,7 @@ def create_app(
     ingest = inserter("ingest_events", lambda e, at: domain.ingest_row(e, received_at=at))
     finetune = inserter("finetune_events", lambda e, at: domain.finetune_row(e, received_at=at))
     routes: dict[str, Route[Any]] = {
-        QUERY_ANSWERED.name: Route(QueryAnswered, on_answered, sink_guard),
+        QUERY_ANSWERED.name: Route(QueryAnswered, on_answered, sink_guard, on_answered_records),
         QUERY_FAILED.name: Route(QueryFailed, on_failed, sink_guard),
         FEEDBACK_RECORDED.name: Route(FeedbackRecorded, feedback, sink_guard),
         DOCUMENT_INDEXED.name: Route(DocumentIndexed, ingest, sink_guard),

@@ -31,6 +31,11 @@ class RedactionPolicy:
         self.tenants: dict[str, Mode] = dict(tenants or {})
         self._salt = salt
 
+    @property
+    def salted(self) -> bool:
+        """Whether hashed text is an HMAC with a salt (a secret)."""
+        return bool(self._salt)
+
     def mode(self, tenant_id: str) -> Mode:
         return self.tenants.get(tenant_id, self.default)
 

@@ -37,13 +37,21 @@ class MonitorSettings(ServiceSettings):
     requests_ttl_days: int = Field(default=30, description="Days request rows and feedback are kept.")
     spans_ttl_days: int = Field(default=7, description="Days telemetry spans and ingest events are kept.")
     rollup_ttl_days: int = Field(default=365, description="Days the per-minute rollups are kept.")
+    fast_path_min_records: int = Field(
+        default=1000,
+        ge=1,
+        description="Batches of at least this many answers are stored by the ClickHouse engine from the "
+        "records as they came (services/monitor/native.py: a fixed cost per batch, less per event); "
+        "smaller ones event by event in Python.",
+    )
     max_batch_records: int = Field(
-        default=5000,
+        default=20_000,
         description="Most Kafka records consumed and inserted together (one INSERT per table); a batch "
-        "holds what the consumer has fetched, so a quiet topic still gives small batches at once.",
+        "holds what the consumer has fetched, so a quiet topic still gives small batches at once. Large "
+        "batches make a backlog drain faster (the fast path's cost per batch is spread wider).",
     )
     max_partition_fetch_bytes: int = Field(
-        default=4 * 1024 * 1024,
+        default=8 * 1024 * 1024,
         description="Most bytes one fetch returns per partition (Kafka's max.partition.fetch.bytes): "
         "large enough that a backlog fills a batch of max_batch_records.",
     )

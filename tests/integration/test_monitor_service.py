@@ -73,7 +73,9 @@ def failed_in_generation(tenant: str, version: str) -> QueryFailed:
     )
 
 
-def monitor_process(kafka: str, workdir: Path, name: str, chdb: Path, group: str) -> ServiceProcess:
+def monitor_process(
+    kafka: str, workdir: Path, name: str, chdb: Path, group: str, *, fast_path: bool = False
+) -> ServiceProcess:
     env = {
         "LLMOPS_KAFKA_BOOTSTRAP_SERVERS": kafka,
         "LLMOPS_MONITOR_GRPC_PORT": "0",
@@ -83,13 +85,23 @@ def monitor_process(kafka: str, workdir: Path, name: str, chdb: Path, group: str
         "LLMOPS_MONITOR_QUALITY_MIN_SAMPLES": "3",
         "LLMOPS_MONITOR_RECONNECT_INTERVAL_S": "0.5",
         "LLMOPS_MONITOR_REDACTION_TENANTS": '{"mon-hashed": "hash"}',
+        # The fast path (services/monitor/native.py) takes batches of answers from this size: 1 sends
+        # every batch of answers through it, the default leaves these small batches to the per-event path.
+        "LLMOPS_MONITOR_FAST_PATH_MIN_RECORDS": "1" if fast_path else "1000",
     }
     return ServiceProcess(name, ["-m", "services.monitor"], env, workdir, env_prefix="LLMOPS_MONITOR_")
 
 
+@pytest.fixture(scope="module", params=["per-event", "fast-path"])
+def variant(request: pytest.FixtureRequest) -> str:
+    """How the monitor stores answers: event by event in Python, or through the ClickHouse engine's
+    fast path (services/monitor/native.py). The module's tests run once with each."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def tenant() -> str:
-    return f"mon-{uuid.uuid4().hex[:8]}"
+def tenant(variant: str) -> str:
+    return f"mon-{variant}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +110,14 @@ def monitor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def monitor(kafka: str, monitor_dir: Path) -> Iterator[ServiceProcess]:
+def monitor(kafka: str, monitor_dir: Path, variant: str) -> Iterator[ServiceProcess]:
     proc = monitor_process(
-        kafka, monitor_dir, "monitor", monitor_dir / "chdb", f"test-monitor-{uuid.uuid4().hex[:6]}"
+        kafka,
+        monitor_dir,
+        f"monitor-{variant}",
+        monitor_dir / f"chdb-{variant}",
+        f"test-monitor-{uuid.uuid4().hex[:6]}",
+        fast_path=variant == "fast-path",
     )
     try:
         yield proc.start(timeout_s=120)
@@ -242,7 +259,7 @@ async def test_every_request_is_recorded_once_with_stages_and_tenant(
 
 
 async def test_replaying_the_topics_into_a_restarted_monitor_adds_no_rows(
-    kafka: str, monitor: ServiceProcess, monitor_dir: Path, tenant: str
+    kafka: str, monitor: ServiceProcess, monitor_dir: Path, tenant: str, variant: str
 ) -> None:
     await eventually(
         lambda: list_requests(monitor.grpc_target, tenant), lambda r: len(r) == 7, what="7 requests"
@@ -251,7 +268,14 @@ async def test_replaying_the_topics_into_a_restarted_monitor_adds_no_rows(
     # A new consumer group reads every topic from the start again, with an empty idempotency memory:
     # only ClickHouse's own deduplication stands between the replay and duplicate rows.
     group = f"test-monitor-replay-{uuid.uuid4().hex[:6]}"
-    replay = monitor_process(kafka, monitor_dir, "monitor-replay", monitor_dir / "chdb", group)
+    replay = monitor_process(
+        kafka,
+        monitor_dir,
+        f"monitor-replay-{variant}",
+        monitor_dir / f"chdb-{variant}",
+        group,
+        fast_path=variant == "fast-path",
+    )
     try:
         replay.start(timeout_s=120)
         await eventually(
@@ -332,13 +356,15 @@ async def test_redaction_policy_hashes_the_tenants_text(kafka: str, monitor: Ser
     assert record.groundedness == pytest.approx(1.0)  # judged before redaction
 
 
-async def test_clickhouse_unavailable_keeps_offsets_until_it_is_back(kafka: str, tmp_path: Path) -> None:
+async def test_clickhouse_unavailable_keeps_offsets_until_it_is_back(
+    kafka: str, tmp_path: Path, variant: str
+) -> None:
     chdb = tmp_path / "held-chdb"
     # Another process holds the chdb path (the engine refuses a second owner): the monitor cannot write.
     holder = await hold_chdb(chdb)
     group = f"test-monitor-outage-{uuid.uuid4().hex[:6]}"
     tenant = f"mon-outage-{uuid.uuid4().hex[:6]}"
-    proc = monitor_process(kafka, tmp_path, "monitor-outage", chdb, group)
+    proc = monitor_process(kafka, tmp_path, "monitor-outage", chdb, group, fast_path=variant == "fast-path")
     try:
         proc.start(timeout_s=120)
         events = [answered(tenant) for _ in range(4)]

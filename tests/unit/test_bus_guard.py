@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from aiokafka.structs import ConsumerRecord
+from faststream.exceptions import NackMessage
 from faststream.kafka import KafkaMessage, TestKafkaBroker
 from faststream.middlewares import AckPolicy
 from llmops.query.v1.events_pb2 import QueryRequested
 
 from shared.bus import DLQ_EXCEPTION, DLQ_REASON, DLQ_TOPIC, EventGuard, create_broker, protobuf_decoder
-from shared.errors import PermanentError
-from shared.events import event_headers, new_meta
+from shared.errors import PermanentError, RetryableError
+from shared.events import HEADER_EVENT_TYPE, event_headers, new_meta
 from shared.idempotency import MemoryIdempotencyStore
 from shared.settings import KafkaSettings
 
@@ -86,3 +89,108 @@ async def test_permanent_handler_error_is_dead_lettered_with_reason(guarded: Any
     assert handled == ["after"]
     assert dead[0][DLQ_REASON] == "boom is not a question"
     assert dead[0][DLQ_EXCEPTION] == "shared.errors.PermanentError"
+
+
+# --- EventGuard.process_records: a fast path that takes records undecoded, the per-event path behind it
+
+
+class _Broker:
+    def __init__(self) -> None:
+        self.published: list[tuple[bytes, str, dict[str, str]]] = []
+
+    async def publish(self, body: bytes, topic: str, *, key: Any = None, headers: Any = None) -> None:
+        self.published.append((body, topic, dict(headers or {})))
+
+
+def _record(offset: int, value: bytes, headers: dict[str, str] | None = None) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(
+        topic="in",
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=None,
+        value=value,
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=len(value),
+        headers=[(k, v.encode()) for k, v in (headers or {}).items()],
+    )
+
+
+class _Sink:
+    """A fast path that takes, declines or fails, and the per-event handler behind it."""
+
+    def __init__(self, outcome: bool | BaseException) -> None:
+        self.outcome = outcome
+        self.fast: list[int] = []
+        self.per_event: list[str] = []
+
+    async def handle_records(self, records: Sequence[ConsumerRecord[Any, Any]]) -> bool:
+        self.fast.append(len(records))
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    async def handle(self, decoded: list[tuple[ConsumerRecord[Any, Any], QueryRequested]]) -> list[Any]:
+        self.per_event.extend(e.question for _, e in decoded)
+        return []
+
+
+def _guard() -> tuple[EventGuard, _Broker]:
+    guard = EventGuard(
+        service="unit",
+        group_id="g",
+        dead_letter_topic=DLQ,
+        store=MemoryIdempotencyStore(),
+        redelivery_pause_s=0,
+    )
+    broker = _Broker()
+    guard.broker = broker  # type: ignore[assignment]
+    return guard, broker
+
+
+def _batch() -> list[ConsumerRecord[Any, Any]]:
+    events = [event("one"), event("two")]
+    return [
+        *(_record(i, e.SerializeToString(), event_headers(e)) for i, e in enumerate(events)),
+        _record(2, b"\xff not protobuf"),
+    ]
+
+
+async def test_a_batch_the_fast_path_takes_skips_the_per_event_path() -> None:
+    guard, broker = _guard()
+    sink = _Sink(True)
+    await guard.process_records(_batch(), QueryRequested, sink.handle_records, sink.handle)
+    assert (sink.fast, sink.per_event, broker.published) == ([3], [], [])
+
+
+@pytest.mark.parametrize("outcome", [False, RuntimeError("a bug in the fast path")])
+async def test_a_declined_or_failed_batch_is_judged_event_by_event(outcome: bool | BaseException) -> None:
+    guard, broker = _guard()
+    sink = _Sink(outcome)
+    await guard.process_records(_batch(), QueryRequested, sink.handle_records, sink.handle)
+    assert sink.fast == [3]
+    assert sink.per_event == ["one", "two"]
+    [(body, topic, headers)] = broker.published  # the garbage record, with the reason
+    assert (body, topic) == (b"\xff not protobuf", DLQ)
+    assert "not a valid" in headers[DLQ_REASON]
+
+
+async def test_a_transient_failure_of_the_fast_path_redelivers_the_batch() -> None:
+    guard, broker = _guard()
+    sink = _Sink(RetryableError("ClickHouse is down"))
+    with pytest.raises(NackMessage):
+        await guard.process_records(_batch(), QueryRequested, sink.handle_records, sink.handle)
+    assert (sink.per_event, broker.published) == ([], [])
+
+
+async def test_a_record_of_another_event_type_never_takes_the_fast_path() -> None:
+    guard, broker = _guard()
+    sink = _Sink(True)
+    other = QueryRequested(meta=new_meta(tenant_id="t", producer="unit"), question="mislabelled")
+    records = [_record(0, other.SerializeToString(), {HEADER_EVENT_TYPE: "llmops.query.v1.QueryAnswered"})]
+    await guard.process_records(records, QueryRequested, sink.handle_records, sink.handle)
+    assert sink.fast == []
+    [(_, _, headers)] = broker.published
+    assert "event-type header" in headers[DLQ_REASON]

@@ -264,9 +264,9 @@ class FlakyClickHouse:
         if self.down:
             raise ClickHouseUnavailable("connection refused")
 
-    def command(self, sql: str) -> None:
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
         self._check()
-        self.inner.command(sql)
+        self.inner.command(sql, parameters)
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         self._check()
@@ -275,6 +275,10 @@ class FlakyClickHouse:
     def insert(self, table: str, columns: Any, rows: Any) -> None:
         self._check()
         self.inner.insert(table, columns, rows)
+
+    def insert_protobuf(self, table: str, data: bytes, schema: str, message: str) -> None:
+        self._check()
+        self.inner.insert_protobuf(table, data, schema, message)
 
     def close(self) -> None:
         pass
