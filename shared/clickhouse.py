@@ -209,7 +209,10 @@ class ServerClickHouse:
         import clickhouse_connect
 
         try:
-            self._client = clickhouse_connect.get_client(dsn=url, username=username, password=password)
+            # One HTTP session per client: the monitor's fast path keeps temporary tables in it.
+            self._client = clickhouse_connect.get_client(
+                dsn=url, username=username, password=password, autogenerate_session_id=True
+            )
         except Exception as exc:
             if _unavailable(exc):
                 raise ClickHouseUnavailable(f"ClickHouse at {url} unavailable: {exc}") from exc
