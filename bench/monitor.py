@@ -301,6 +301,45 @@ def _raw_sink(events: list[QueryAnswered], path: Path, *, fast: bool) -> float:
         store.close()
 
 
+CROSSOVER_SIZES = (500, 1000, 2000, 4000)
+CROSSOVER_SECONDS = 2.0
+
+
+def _paths_by_batch_size(events: list[QueryAnswered], path: Path) -> dict[int, dict[str, list[float]]]:
+    """events/s of the fast path and of the per-event path at each batch size of CROSSOVER_SIZES, each
+    for about CROSSOVER_SECONDS, twice, alternating (in this process, one chdb): where the fast path's
+    fixed cost per batch starts to pay (MonitorSettings.fast_path_min_records)."""
+    payloads = [e.SerializeToString() for e in events]
+    policy = RedactionPolicy()
+    statements = native.AnsweredStatements.build(policy, 0.6, REQUEST_COLUMNS)
+    store = MonitorStore(ChdbClickHouse(path))
+    thresholds = gc.get_threshold()
+    result: dict[int, dict[str, list[float]]] = {}
+    try:
+        store.create_schema()
+        tune_gc()
+        for size in CROSSOVER_SIZES:
+            rates: dict[str, list[float]] = {"fast": [], "per-event": []}
+            for fast in (True, False, True, False):
+                stored, offset, started = 0, 0, time.perf_counter()
+                while time.perf_counter() - started < CROSSOVER_SECONDS and offset + size <= len(payloads):
+                    batch = payloads[offset : offset + size]
+                    if fast:
+                        native.store_answered(store.db, statements, native.frame(batch))
+                    else:
+                        _per_event_batch(store, batch, policy)
+                    offset += size
+                    stored += size
+                rates["fast" if fast else "per-event"].append(stored / (time.perf_counter() - started))
+                store.db.command("TRUNCATE TABLE requests")  # every run starts from an empty table
+            result[size] = rates
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+        store.close()
+    return result
+
+
 def run_monitor(events: int = 100_000, repeats: int = 2) -> tuple[list[Row], dict[str, Any]]:
     batch = make_events(events)
     payload_bytes = statistics.mean(len(e.SerializeToString()) for e in batch[:200])
@@ -335,6 +374,8 @@ def run_monitor(events: int = 100_000, repeats: int = 2) -> tuple[list[Row], dic
                 )
         finally:
             stack.down()
+        status("monitor: fast path vs per-event path by batch size")
+        by_size = _paths_by_batch_size(batch[:40_000], state / "by-size")
     monitor_rates = [r["events_per_s"] for r in runs]
     a, b = statistics.median(monitor_rates), statistics.median(raw_rates)
     c = statistics.median(per_event_rates)
@@ -364,7 +405,22 @@ def run_monitor(events: int = 100_000, repeats: int = 2) -> tuple[list[Row], dic
         f"commit {', '.join(str(r['first_commit_s']) for r in runs)} s after launch (start-up, group join), "
         f"drained at {', '.join(str(r['drained_s']) for r in runs)} s (consumer lag over time in latest.json)"
     )
+    threshold = MonitorSettings().fast_path_min_records
+    at = {size: {k: statistics.median(v) for k, v in rates.items()} for size, rates in by_size.items()}
+    size_notes = (
+        "events/s in this process, fast path / per-event path by batch size: "
+        + "; ".join(f"{size:,}: {r['fast']:,.0f} / {r['per-event']:,.0f}" for size, r in at.items())
+        + f" (medians of 2 alternating runs of ~{CROSSOVER_SECONDS:.0f} s each); the fast path has a fixed "
+        "cost per batch, so the monitor takes it from fast_path_min_records on"
+    )
     rows = [
+        Row(
+            f"monitor store paths at the threshold, batches of {threshold:,}",
+            f"fast path {rate(at[threshold]['fast'])}" if threshold in at else "",
+            f"per-event path {rate(at[threshold]['per-event'])}" if threshold in at else "",
+            f"{at[threshold]['fast'] / at[threshold]['per-event']:.2f}" if threshold in at else "",
+            size_notes,
+        ),
         Row(
             "monitor sink (QueryAnswered -> chdb)",
             f"monitor {rate(a)}",
@@ -393,6 +449,7 @@ def run_monitor(events: int = 100_000, repeats: int = 2) -> tuple[list[Row], dic
         "monitor_ev_per_s": monitor_rates,
         "raw_ev_per_s": raw_rates,
         "per_event_ev_per_s": per_event_rates,
+        "paths_by_batch_size": by_size,
         "runs": runs,
     }
 

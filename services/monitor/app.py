@@ -60,6 +60,12 @@ log = logging.getLogger(__name__)
 
 ROWS_WRITTEN = Counter("llmops_monitor_rows_written_total", "Rows inserted into ClickHouse.", ["table"])
 ALERTS_PUBLISHED = Counter("llmops_monitor_quality_alerts_total", "QualityAlerts published.", ["signal"])
+ANSWER_BATCHES = Counter(
+    "llmops_monitor_answer_batches_total",
+    "Batches of answers by how they were stored: fast_path, small (per-event path, below "
+    "fast_path_min_records) or refused (per-event path, a record the fast path must not take).",
+    ["path"],
+)
 
 
 class _NoIdempotency:
@@ -185,6 +191,7 @@ def create_app(
         """A large batch of answers stored by the ClickHouse engine from the records as they came
         (services/monitor/native.py); small batches and refused ones take on_answered."""
         if len(records) < settings.fast_path_min_records or any(r.value is None for r in records):
+            ANSWER_BATCHES.labels("small").inc()
             return False
         framed = native.frame(record.value for record in records)
         try:
@@ -193,8 +200,10 @@ def create_app(
                     lambda store: native.store_answered(store.db, answered_sql, framed)
                 )
         except native.Refused as exc:
+            ANSWER_BATCHES.labels("refused").inc()
             log.info("batch of answers takes the per-event path", extra={"reason": str(exc)})
             return False
+        ANSWER_BATCHES.labels("fast_path").inc()
         await observe_requests(samples)
         return True
 

@@ -38,11 +38,12 @@ class MonitorSettings(ServiceSettings):
     spans_ttl_days: int = Field(default=7, description="Days telemetry spans and ingest events are kept.")
     rollup_ttl_days: int = Field(default=365, description="Days the per-minute rollups are kept.")
     fast_path_min_records: int = Field(
-        default=1000,
+        default=2000,
         ge=1,
         description="Batches of at least this many answers are stored by the ClickHouse engine from the "
         "records as they came (services/monitor/native.py: a fixed cost per batch, less per event); "
-        "smaller ones event by event in Python.",
+        "smaller ones event by event in Python. 2,000 is where the fast path starts to win (the monitor "
+        "benchmark's batch-size row).",
     )
     max_batch_records: int = Field(
         default=20_000,

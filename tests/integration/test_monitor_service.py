@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from llmops.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
 from llmops.query.v1.events_pb2 import QueryAnswered, QueryFailed
 from llmops.query.v1.query_pb2 import Citation, FailureReason, RetrievedChunk, StageTiming, TokenUsage
 from llmops.telemetry.v1.events_pb2 import QualityAlert
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.events import new_meta
 from shared.topics import FEEDBACK_RECORDED, QUALITY_ALERTS, QUERY_ANSWERED, QUERY_FAILED
@@ -87,7 +89,7 @@ def monitor_process(
         "LLMOPS_MONITOR_REDACTION_TENANTS": '{"mon-hashed": "hash"}',
         # The fast path (services/monitor/native.py) takes batches of answers from this size: 1 sends
         # every batch of answers through it, the default leaves these small batches to the per-event path.
-        "LLMOPS_MONITOR_FAST_PATH_MIN_RECORDS": "1" if fast_path else "1000",
+        "LLMOPS_MONITOR_FAST_PATH_MIN_RECORDS": "1" if fast_path else "2000",
     }
     return ServiceProcess(name, ["-m", "services.monitor"], env, workdir, env_prefix="LLMOPS_MONITOR_")
 
@@ -173,8 +175,29 @@ def assert_traffic(traffic: pb.GetTrafficResponse) -> None:
     assert model.error_rate == pytest.approx(1 / 6)
 
 
+def answer_batches(proc: ServiceProcess) -> dict[str, float]:
+    """llmops_monitor_answer_batches_total by path, from the process's Prometheus endpoint."""
+    with urllib.request.urlopen(proc.endpoints["metrics"], timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.labels["path"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "llmops_monitor_answer_batches"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
+def assert_answers_took_the_variants_path(proc: ServiceProcess, variant: str) -> None:
+    """Every batch of answers took the way this run of the module is about, none was refused."""
+    batches = answer_batches(proc)
+    taken, other = ("fast_path", "small") if variant == "fast-path" else ("small", "fast_path")
+    assert batches.get(taken, 0) >= 2 and batches.get(other, 0) == 0, batches
+    assert batches.get("refused", 0) == 0, batches
+
+
 async def test_every_request_is_recorded_once_with_stages_and_tenant(
-    kafka: str, monitor: ServiceProcess, tenant: str
+    kafka: str, monitor: ServiceProcess, tenant: str, variant: str
 ) -> None:
     answers = [answered(tenant) for _ in range(5)]
     failures = [failed(tenant), failed_in_generation(tenant, "1")]
@@ -256,6 +279,8 @@ async def test_every_request_is_recorded_once_with_stages_and_tenant(
     await produce_events(kafka, QUERY_FAILED.name, failures)
     await asyncio.sleep(3)
     assert len(await list_requests(target, tenant)) == 7
+
+    assert_answers_took_the_variants_path(monitor, variant)
 
 
 async def test_replaying_the_topics_into_a_restarted_monitor_adds_no_rows(

@@ -320,3 +320,16 @@ def test_the_schema_names_every_field_of_the_event() -> None:
     columns = dict(native.staging_columns(QueryAnswered.DESCRIPTOR))
     assert columns["meta_occurred_at_seconds"] == "Int64"
     assert columns["context"].startswith("Nested(") and "metadata Map(String, String)" in columns["context"]
+
+
+def test_fields_a_newer_producer_adds_are_skipped(
+    store: MonitorStore, statements: native.AnsweredStatements
+) -> None:
+    tenant = f"newer-{uuid.uuid4().hex[:6]}"
+    event = corpus_event(random.Random(9), tenant, 0)
+    # Field 99 (a string) and field 100 (a varint), unknown to this version of QueryAnswered.
+    newer = event.SerializeToString() + b"\x9a\x06\x03abc" + b"\xa0\x06\x05"
+    [(_, sample)] = native.store_answered(store.db, statements, native.frame([newer]))
+    [row] = stored(store, tenant).values()
+    assert row["event_id"] == event.meta.event_id
+    assert sample.groundedness == groundedness(event.answer, [c.text for c in event.context])
