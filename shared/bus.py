@@ -22,13 +22,22 @@ from typing import Any, TypeVar
 from aiokafka.structs import ConsumerRecord
 from faststream.exceptions import AckMessage, NackMessage
 from faststream.kafka import KafkaBroker
-from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
-from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.kafka.opentelemetry.provider import (
+    BatchKafkaTelemetrySettingsProvider,
+    KafkaTelemetrySettingsProvider,
+)
+from faststream.kafka.prometheus.provider import (
+    BatchKafkaMetricsSettingsProvider,
+    KafkaMetricsSettingsProvider,
+)
 from faststream.kafka.security import parse_security
 from faststream.message import StreamMessage
 from faststream.middlewares import BaseMiddleware
+from faststream.opentelemetry import TelemetryMiddleware
+from faststream.prometheus import PrometheusMiddleware
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from google.protobuf.message import DecodeError, Message
+from opentelemetry.semconv.trace import SpanAttributes
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from shared.errors import MalformedEventError, PermanentError, is_transient
@@ -327,6 +336,52 @@ def kafka_client_security(settings: KafkaSettings) -> dict[str, Any]:
     return parse_security(_security(settings))
 
 
+class _BodyLess:
+    """A consumed batch message as FastStream's attribute providers see it, without its bodies."""
+
+    body: tuple[bytes, ...] = ()
+
+    def __init__(self, msg: StreamMessage[Any]) -> None:
+        self._msg = msg
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._msg, name)
+
+
+def _batch_bytes(msg: StreamMessage[Any]) -> int:
+    return sum(map(len, msg.body))
+
+
+class _BatchTelemetryAttributes(BatchKafkaTelemetrySettingsProvider):
+    """FastStream's span attributes of a consumed batch, the payload size summed instead of copied:
+    FastStream joins every body of the batch into one bytearray to take its length, ~48 ms for 20,000
+    records of 3 KB, and once more for the Prometheus middleware."""
+
+    def get_consume_attrs_from_message(self, msg: StreamMessage[Any]) -> dict[str, Any]:
+        attrs = super().get_consume_attrs_from_message(_BodyLess(msg))  # type: ignore[arg-type]
+        attrs[SpanAttributes.MESSAGING_MESSAGE_PAYLOAD_SIZE_BYTES] = _batch_bytes(msg)
+        return attrs
+
+
+class _BatchMetricsAttributes(BatchKafkaMetricsSettingsProvider):
+    """FastStream's Prometheus labels of a consumed batch, the size summed (see above)."""
+
+    def get_consume_attrs_from_message(self, msg: StreamMessage[Any]) -> Any:
+        attrs = super().get_consume_attrs_from_message(_BodyLess(msg))  # type: ignore[arg-type]
+        attrs["message_size"] = _batch_bytes(msg)
+        return attrs
+
+
+def _telemetry_attributes(msg: Any) -> Any:
+    """faststream.kafka's telemetry_attributes_provider_factory with the batch provider above."""
+    return _BatchTelemetryAttributes() if isinstance(msg, Sequence) else KafkaTelemetrySettingsProvider()
+
+
+def _metrics_attributes(msg: Any) -> Any:
+    """faststream.kafka's prometheus settings_provider_factory with the batch provider above."""
+    return _BatchMetricsAttributes() if isinstance(msg, Sequence) else KafkaMetricsSettingsProvider()
+
+
 def create_broker(
     settings: KafkaSettings,
     *,
@@ -336,9 +391,13 @@ def create_broker(
     registry: CollectorRegistry = REGISTRY,
 ) -> KafkaBroker:
     """A FastStream Kafka broker with tracing (W3C traceparent headers), metrics and the EventGuard."""
+    # FastStream's Kafka telemetry and Prometheus middlewares (KafkaTelemetryMiddleware,
+    # KafkaPrometheusMiddleware) as their bases with the same arguments, for the cheaper batch sizes.
     middlewares: list[Any] = [
-        KafkaTelemetryMiddleware(),
-        KafkaPrometheusMiddleware(registry=registry, app_name=service),
+        TelemetryMiddleware(settings_provider_factory=_telemetry_attributes, include_messages_counters=True),
+        PrometheusMiddleware(
+            settings_provider_factory=_metrics_attributes, registry=registry, app_name=service
+        ),
     ]
     if guard is not None:
         middlewares.append(guard)

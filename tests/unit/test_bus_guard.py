@@ -9,10 +9,22 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 from faststream.exceptions import NackMessage
 from faststream.kafka import KafkaMessage, TestKafkaBroker
+from faststream.kafka.opentelemetry.provider import BatchKafkaTelemetrySettingsProvider
+from faststream.kafka.prometheus.provider import BatchKafkaMetricsSettingsProvider
 from faststream.middlewares import AckPolicy
 from llmops.query.v1.events_pb2 import QueryRequested
+from opentelemetry.semconv.trace import SpanAttributes
 
-from shared.bus import DLQ_EXCEPTION, DLQ_REASON, DLQ_TOPIC, EventGuard, create_broker, protobuf_decoder
+from shared.bus import (
+    DLQ_EXCEPTION,
+    DLQ_REASON,
+    DLQ_TOPIC,
+    EventGuard,
+    _BatchMetricsAttributes,
+    _BatchTelemetryAttributes,
+    create_broker,
+    protobuf_decoder,
+)
 from shared.errors import PermanentError, RetryableError
 from shared.events import HEADER_EVENT_TYPE, event_headers, new_meta
 from shared.idempotency import MemoryIdempotencyStore
@@ -194,3 +206,27 @@ async def test_a_record_of_another_event_type_never_takes_the_fast_path() -> Non
     assert sink.fast == []
     [(_, _, headers)] = broker.published
     assert "event-type header" in headers[DLQ_REASON]
+
+
+# --- the batch attribute providers of the tracing and metrics middlewares
+
+
+class _BatchMessage:
+    """What FastStream's attribute providers read of a consumed batch."""
+
+    def __init__(self, records: list[ConsumerRecord[Any, Any]]) -> None:
+        self.raw_message = tuple(records)
+        self.body = [r.value for r in records]
+        self.message_id = "m-1"
+        self.correlation_id = "c-1"
+
+
+def test_batch_attributes_equal_faststreams_without_copying_the_batch() -> None:
+    batch = _BatchMessage([_record(i, bytes(100 + i)) for i in range(5)])
+    ours_span = _BatchTelemetryAttributes().get_consume_attrs_from_message(batch)  # type: ignore[arg-type]
+    theirs_span = BatchKafkaTelemetrySettingsProvider().get_consume_attrs_from_message(batch)  # type: ignore[arg-type]
+    assert ours_span == theirs_span
+    assert ours_span[SpanAttributes.MESSAGING_MESSAGE_PAYLOAD_SIZE_BYTES] == sum(100 + i for i in range(5))
+    ours_metrics = _BatchMetricsAttributes().get_consume_attrs_from_message(batch)  # type: ignore[arg-type]
+    theirs_metrics = BatchKafkaMetricsSettingsProvider().get_consume_attrs_from_message(batch)  # type: ignore[arg-type]
+    assert ours_metrics == theirs_metrics
