@@ -5,7 +5,7 @@ Python then only frames each batch's record values (length-delimited, FORMAT Pro
 engine parses them (with a schema generated from the event's descriptor, so it follows proto/) and
 runs, in SQL, what services/monitor/domain.py and quality.py do per event in Python: the row, the
 redaction of question and answer, the version, and the groundedness score. The SQL gives the same
-values as the Python path for the same event (tests/unit/monitor/test_native.py compares them over a
+values as the Python path for the same event (tests/unit/test_monitor_native.py compares them over a
 corpus), which stays the reference and takes over for a batch the fast path refuses (`Refused`):
 records that are not valid events (unparseable, invalid metadata or text) so that they are
 dead-lettered one by one, and tenants whose text is hashed with a salt, because the salt must not

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,21 +72,28 @@ def test_three_node_kafka_replicates_catalog_topics() -> None:
         shutil.rmtree(state, ignore_errors=True)
 
 
+async def describe_when_known(admin: AIOKafkaAdminClient, names: list[str]) -> list[Any]:
+    """describe_topics of `names` once every one comes back without error and with its partitions, or
+    the last answer after 30 s: a broker other than the one that answered start()'s check may still be
+    catching up on metadata (seen in CI: every topic described with an error right after start)."""
+    for _ in range(60):
+        described = await admin.describe_topics(names)
+        if all(d["error_code"] == 0 and d["partitions"] for d in described):
+            break
+        await asyncio.sleep(0.5)
+    return list(described)
+
+
 async def check_replication(bootstrap: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        # A broker other than the one that answered start()'s check may still be catching up on metadata.
-        for _ in range(60):
-            described = await admin.describe_topics([QUERY_REQUESTED.name])
-            partitions = described[0]["partitions"]
-            if partitions:
-                break
-            await asyncio.sleep(0.5)
+        [requested] = await describe_when_known(admin, [QUERY_REQUESTED.name])
+        partitions = requested["partitions"]
         assert len(partitions) == QUERY_REQUESTED.partitions
         assert all(len(p["replicas"]) == 3 for p in partitions)
         # Every catalog topic exists with three replicas (list_topics' metadata can lag, describe cannot).
-        described_all = await admin.describe_topics([t.name for t in CATALOG])
+        described_all = await describe_when_known(admin, [t.name for t in CATALOG])
         assert {d["topic"] for d in described_all if d["error_code"] == 0} == {t.name for t in CATALOG}
         assert all(len(p["replicas"]) == 3 for d in described_all for p in d["partitions"])
         cluster = await admin.describe_cluster()
