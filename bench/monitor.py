@@ -31,6 +31,8 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,6 @@ from bench.report import Row, rate, status
 from services.cli.stack import service_process
 from services.monitor import domain, native
 from services.monitor.__main__ import tune_gc
-from services.monitor.quality import groundedness
 from services.monitor.redaction import RedactionPolicy
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import REQUEST_COLUMNS, MonitorStore
@@ -261,44 +262,61 @@ def _sink_run(stack: Stack, state_dir: Path, run: int, events: int) -> dict[str,
     }
 
 
-def _per_event_batch(store: MonitorStore, payloads: list[bytes], policy: RedactionPolicy) -> None:
-    now = datetime.now(UTC)
-    rows = []
-    for body in payloads:
-        event = QueryAnswered()
-        event.ParseFromString(body)
-        score = groundedness(event.answer, [c.text for c in event.context])
-        rows.append(domain.answered_row(event, groundedness=score, redaction=policy, received_at=now))
-    store.insert_requests(rows)
+StoreBatch = Callable[[list[bytes], bool], None]
 
 
-def _raw_sink(events: list[QueryAnswered], path: Path, *, fast: bool) -> float:
-    """events/s of the fast path (native.frame + native.store_answered), or of the per-event path
-    (decode + score + rows + MonitorStore.insert_requests), in batches, in this process (under the
-    monitor process's garbage-collector settings, this process's own objects frozen)."""
-    payloads = [e.SerializeToString() for e in events]
-    store = MonitorStore(ChdbClickHouse(path))
+@contextmanager
+def _in_process_store(path: Path) -> Iterator[tuple[MonitorStore, StoreBatch]]:
+    """A fresh chdb store in this process, under the monitor process's garbage-collector settings (this
+    process's own objects frozen), and `store_batch(payloads, fast)`: one batch of QueryAnswered bodies
+    stored by the fast path (native.frame + native.store_answered) or by the per-event path (decode,
+    domain.scored_answered_row, MonitorStore.insert_requests)."""
+    settings = MonitorSettings()
     policy = RedactionPolicy()
-    statements = native.AnsweredStatements.build(policy, 0.6, REQUEST_COLUMNS)
+    statements = native.AnsweredStatements.build(policy, settings.sentence_support_threshold, REQUEST_COLUMNS)
+    store = MonitorStore(ChdbClickHouse(path))
+
+    def store_batch(payloads: list[bytes], fast: bool) -> None:
+        if fast:
+            native.store_answered(store.db, statements, native.frame(payloads))
+            return
+        now = datetime.now(UTC)
+        rows = []
+        for body in payloads:
+            event = QueryAnswered()
+            event.ParseFromString(body)
+            rows.append(
+                domain.scored_answered_row(
+                    event,
+                    redaction=policy,
+                    received_at=now,
+                    support_threshold=settings.sentence_support_threshold,
+                )
+            )
+        store.insert_requests(rows)
+
     thresholds = gc.get_threshold()
     try:
         store.create_schema()
         tune_gc()
-        started = time.perf_counter()
-        for offset in range(0, len(payloads), BATCH):
-            batch = payloads[offset : offset + BATCH]
-            if fast:
-                native.store_answered(store.db, statements, native.frame(batch))
-            else:
-                _per_event_batch(store, batch, policy)
-        elapsed = time.perf_counter() - started
-        if store.count_rows("requests") != len(events):
-            raise RuntimeError("raw sink lost rows")
-        return len(events) / elapsed
+        yield store, store_batch
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
         store.close()
+
+
+def _raw_sink(events: list[QueryAnswered], path: Path, *, fast: bool) -> float:
+    """events/s of the fast path or of the per-event path (_in_process_store) in batches of BATCH."""
+    payloads = [e.SerializeToString() for e in events]
+    with _in_process_store(path) as (store, store_batch):
+        started = time.perf_counter()
+        for offset in range(0, len(payloads), BATCH):
+            store_batch(payloads[offset : offset + BATCH], fast)
+        elapsed = time.perf_counter() - started
+        if store.count_rows("requests") != len(events):
+            raise RuntimeError("raw sink lost rows")
+        return len(events) / elapsed
 
 
 CROSSOVER_SIZES = (500, 1000, 2000, 4000)
@@ -310,33 +328,19 @@ def _paths_by_batch_size(events: list[QueryAnswered], path: Path) -> dict[int, d
     for about CROSSOVER_SECONDS, twice, alternating (in this process, one chdb): where the fast path's
     fixed cost per batch starts to pay (MonitorSettings.fast_path_min_records)."""
     payloads = [e.SerializeToString() for e in events]
-    policy = RedactionPolicy()
-    statements = native.AnsweredStatements.build(policy, 0.6, REQUEST_COLUMNS)
-    store = MonitorStore(ChdbClickHouse(path))
-    thresholds = gc.get_threshold()
     result: dict[int, dict[str, list[float]]] = {}
-    try:
-        store.create_schema()
-        tune_gc()
+    with _in_process_store(path) as (store, store_batch):
         for size in CROSSOVER_SIZES:
             rates: dict[str, list[float]] = {"fast": [], "per-event": []}
             for fast in (True, False, True, False):
                 stored, offset, started = 0, 0, time.perf_counter()
                 while time.perf_counter() - started < CROSSOVER_SECONDS and offset + size <= len(payloads):
-                    batch = payloads[offset : offset + size]
-                    if fast:
-                        native.store_answered(store.db, statements, native.frame(batch))
-                    else:
-                        _per_event_batch(store, batch, policy)
+                    store_batch(payloads[offset : offset + size], fast)
                     offset += size
                     stored += size
                 rates["fast" if fast else "per-event"].append(stored / (time.perf_counter() - started))
                 store.db.command("TRUNCATE TABLE requests")  # every run starts from an empty table
             result[size] = rates
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
-        store.close()
     return result
 
 

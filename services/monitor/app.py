@@ -32,7 +32,7 @@ from prometheus_client import Counter
 
 from services.monitor import domain, native
 from services.monitor.api import MonitorServicer
-from services.monitor.quality import QualityMonitor, Sample, Thresholds, groundedness
+from services.monitor.quality import QualityMonitor, Sample, Thresholds
 from services.monitor.redaction import RedactionPolicy
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import REQUEST_COLUMNS, Retention, StoreRunner
@@ -211,12 +211,12 @@ def create_app(
         received = datetime.now(UTC)
 
         def to_row(event: QueryAnswered) -> domain.Row:
-            score = groundedness(
-                event.answer,
-                [chunk.text for chunk in event.context],
+            return domain.scored_answered_row(
+                event,
+                redaction=policy,
+                received_at=received,
                 support_threshold=settings.sentence_support_threshold,
             )
-            return domain.answered_row(event, groundedness=score, redaction=policy, received_at=received)
 
         rows, rejected = rows_of(decoded, to_row)
         await record_requests(rows)

@@ -28,7 +28,7 @@ from llmops.query.v1.events_pb2 import QueryAnswered, QueryFailed
 from llmops.query.v1.query_pb2 import FailureReason, StageTiming
 from llmops.telemetry.v1.events_pb2 import AlertSeverity, QualityAlert, SpanStatus, TelemetrySpan
 
-from services.monitor.quality import Breach, Sample
+from services.monitor.quality import Breach, Sample, groundedness
 from services.monitor.redaction import RedactionPolicy
 from shared.events import new_meta
 
@@ -123,6 +123,17 @@ def answered_row(
         "error_detail": "",
         "failed_stage": "",
     }
+
+
+def scored_answered_row(
+    event: QueryAnswered, *, redaction: RedactionPolicy, received_at: datetime, support_threshold: float
+) -> Row:
+    """answered_row with the answer's groundedness against its retrieved chunks (quality.groundedness):
+    the per-event path's row of an answer."""
+    score = groundedness(
+        event.answer, [chunk.text for chunk in event.context], support_threshold=support_threshold
+    )
+    return answered_row(event, groundedness=score, redaction=redaction, received_at=received_at)
 
 
 def failed_row(event: QueryFailed, *, redaction: RedactionPolicy, received_at: datetime) -> Row:

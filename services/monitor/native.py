@@ -18,13 +18,14 @@ hash, word) pairs, and an answer word is in the context when one of its chunks h
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from llmops.query.v1.events_pb2 import QueryAnswered
 
-from services.monitor.domain import _MS_PER_RANK, _STATUS_RANK, ANSWERED, NESTED_STAGES
+from services.monitor.domain import ANSWERED, NESTED_STAGES, row_version
 from services.monitor.quality import Sample
 from services.monitor.redaction import RedactionPolicy
 from shared.clickhouse import ClickHouse, ClickHouseUnavailable
@@ -112,9 +113,9 @@ def protobuf_schema(message: Descriptor) -> str:
     return 'syntax = "proto3";\n\n' + "\n\n".join(definitions.values()) + "\n"
 
 
-def _proto_type(field: FieldDescriptor, define: object) -> str:
+def _proto_type(field: FieldDescriptor, define: Callable[[Descriptor], str]) -> str:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return define(field.message_type)  # type: ignore[operator,no-any-return]
+        return define(field.message_type)
     return _SCALAR_PROTO[field.type]
 
 
@@ -155,15 +156,14 @@ def string_checks(message: Descriptor) -> list[str]:
         for field in descriptor.fields:
             name = prefix + field.name
             if _is_map(field):
-                for part in ("key", "value"):
+                for part, strings in (("key", "mapKeys"), ("value", "mapValues")):
                     if field.message_type.fields_by_name[part].type == FieldDescriptor.TYPE_STRING:
-                        fn = "mapKeys" if part == "key" else "mapValues"
-                        inner = f"arrayAll(s -> isValidUTF8(s), {fn}(m))"
-                        result.append(
-                            f"arrayAll(m -> {inner}, {name})"
-                            if array_depth
-                            else inner.replace("m)", f"{name})")
-                        )
+                        if array_depth:  # a map in each element of a Nested column
+                            result.append(
+                                f"arrayAll(m -> arrayAll(s -> isValidUTF8(s), {strings}(m)), {name})"
+                            )
+                        else:
+                            result.append(f"arrayAll(s -> isValidUTF8(s), {strings}({name}))")
             elif field.type == FieldDescriptor.TYPE_MESSAGE and _is_repeated(field):
                 result.extend(checks(field.message_type, name + ".", 1))
             elif field.type == FieldDescriptor.TYPE_MESSAGE:
@@ -299,7 +299,8 @@ def rows_sql(policy: RedactionPolicy, support_threshold: float, columns: tuple[s
         f"{stage_names})"
     )
     nested = "[" + ", ".join(map(_literal, sorted(NESTED_STAGES))) + "]"
-    rank = _STATUS_RANK[ANSWERED] * _MS_PER_RANK
+    # domain.row_version(ANSWERED, t) is this plus t's epoch milliseconds
+    rank = row_version(ANSWERED, datetime.fromtimestamp(0, UTC))
     tenant = "meta_tenant_id"
     names = ", ".join((*columns, "row_no", "fast_path"))
     checks = string_checks(QueryAnswered.DESCRIPTOR)

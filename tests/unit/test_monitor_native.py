@@ -159,12 +159,7 @@ def with_tenant(event: QueryAnswered, tenant: str) -> QueryAnswered:
 def python_path(store: MonitorStore, events: list[QueryAnswered]) -> list[domain.Row]:
     received = datetime.now(UTC)
     rows = [
-        domain.answered_row(
-            e,
-            groundedness=groundedness(e.answer, [c.text for c in e.context]),
-            redaction=POLICY,
-            received_at=received,
-        )
+        domain.scored_answered_row(e, redaction=POLICY, received_at=received, support_threshold=0.6)
         for e in events
     ]
     return store.insert_requests(rows)
