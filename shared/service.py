@@ -108,28 +108,22 @@ class ServiceRuntime:
         max_records: int,
         title: str,
         fetch: FetchSizes | None = None,
+        consumers: int = 1,
+        heartbeat_interval_ms: int = 3000,
     ) -> None:
         """`consume_batches` for several topics with one consumer (one group member: a start is one
         join, not a rebalance per topic). A batch's records go, topic by topic, through their route's
-        guard and handler; a transient failure leaves the whole batch uncommitted."""
-        fetch = fetch or FetchSizes()
-        subscriber = self.broker.subscriber(
-            *routes,
-            group_id=self.settings.group_id,
-            batch=True,
-            max_records=max_records,
-            batch_timeout_ms=BATCH_POLL_TIMEOUT_MS,
-            ack_policy=AckPolicy.NACK_ON_ERROR,  # commit after the batch, never past unprocessed work
-            decoder=raw_records,
-            auto_offset_reset="earliest",
-            title=title,
-            fetch_max_bytes=fetch.fetch_max_bytes,
-            max_partition_fetch_bytes=fetch.max_partition_fetch_bytes,
-            fetch_min_bytes=fetch.fetch_min_bytes,
-            fetch_max_wait_ms=fetch.fetch_max_wait_ms,
-        )
+        guard and handler; a transient failure leaves the whole batch uncommitted.
 
-        @subscriber
+        With `consumers` > 1 the process runs that many members of its group, each over its share of
+        the partitions: FastStream handles one batch at a time per consumer, so one member's batch is
+        fetched and checked while another's handler awaits its sink. Members join one after another, and
+        each learns of the rebalance a join starts at its next heartbeat (`heartbeat_interval_ms`,
+        aiokafka's default 3 s): until then the first member holds every partition."""
+        if consumers < 1:
+            raise ValueError(f"consumers must be at least 1, got {consumers}")
+        fetch = fetch or FetchSizes()
+
         async def on_batch(records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
             by_topic: dict[str, list[ConsumerRecord[Any, Any]]] = {}
             for record in records:
@@ -143,6 +137,25 @@ class ServiceRuntime:
                     )
                 else:
                     await guard.process_batch(topic_records, route.message_type, route.handle)
+
+        for member in range(consumers):
+            subscriber = self.broker.subscriber(
+                *routes,
+                group_id=self.settings.group_id,
+                batch=True,
+                max_records=max_records,
+                batch_timeout_ms=BATCH_POLL_TIMEOUT_MS,
+                ack_policy=AckPolicy.NACK_ON_ERROR,  # commit after the batch, never past unprocessed work
+                decoder=raw_records,
+                auto_offset_reset="earliest",
+                title=title if consumers == 1 else f"{title}:{member + 1}",
+                fetch_max_bytes=fetch.fetch_max_bytes,
+                max_partition_fetch_bytes=fetch.max_partition_fetch_bytes,
+                fetch_min_bytes=fetch.fetch_min_bytes,
+                fetch_max_wait_ms=fetch.fetch_max_wait_ms,
+                heartbeat_interval_ms=heartbeat_interval_ms,
+            )
+            subscriber(on_batch)
 
     def app(
         self,

@@ -282,6 +282,8 @@ def create_app(
         routes,
         max_records=settings.max_batch_records,
         title="monitor:telemetry",
+        consumers=settings.consumers,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
         fetch=FetchSizes(
             fetch_max_bytes=settings.fetch_max_bytes,
             max_partition_fetch_bytes=settings.max_partition_fetch_bytes,

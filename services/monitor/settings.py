@@ -51,6 +51,19 @@ class MonitorSettings(ServiceSettings):
         "holds what the consumer has fetched, so a quiet topic still gives small batches at once. Large "
         "batches make a backlog drain faster (the fast path's cost per batch is spread wider).",
     )
+    consumers: int = Field(
+        default=2,
+        ge=1,
+        description="Kafka consumers in this process, members of its group, each over its share of the "
+        "partitions: while one member's batch is being stored, the next member's is fetched and checked "
+        "(a consumer handles one batch at a time). One ClickHouse worker thread still stores them in turn.",
+    )
+    heartbeat_interval_ms: int = Field(
+        default=500,
+        description="How often each consumer heartbeats to the group coordinator (Kafka's "
+        "heartbeat.interval.ms, 3 s by default): a member hears of a rebalance at its next heartbeat, so "
+        "the consumers of one process, which join one after another, share the partitions sooner.",
+    )
     max_partition_fetch_bytes: int = Field(
         default=8 * 1024 * 1024,
         description="Most bytes one fetch returns per partition (Kafka's max.partition.fetch.bytes): "

@@ -1,5 +1,5 @@
 """ServiceRuntime's batch consumers: a record that arrives after a quiet spell is handed over by the
-poll that is waiting, not after a blind sleep.
+poll that is waiting, not after a blind sleep; several consumers of one process are members of its group.
 
 FastStream's batch subscriber polls with getmany(timeout_ms=batch_timeout_ms) and sleeps
 batch_timeout_ms after a poll that came back empty. The fake consumer below behaves like aiokafka's
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from llmops.query.v1.events_pb2 import QueryRequested
 
 from shared.bus import BATCH_POLL_TIMEOUT_MS
@@ -74,3 +75,25 @@ async def test_faststream_default_poll_would_miss_the_late_record() -> None:
     consumer = LateRecordConsumer()
     consumer.arrive_later()
     assert await asyncio.wait_for(subscriber.get_msg(consumer), timeout=5) == ()
+
+
+def test_consumers_are_members_of_the_service_group_with_one_handler() -> None:
+    runtime = ServiceRuntime(ServiceSettings(service_name="probe", group_id="probe"))
+    routes = {"probe.a": Route(QueryRequested, _noop), "probe.b": Route(QueryRequested, _noop)}
+    runtime.consume_routes(routes, max_records=32, title="probe", consumers=3, heartbeat_interval_ms=500)
+    subscribers: list[Any] = list(runtime.broker.subscribers)
+    assert len(subscribers) == 3
+    for subscriber in subscribers:
+        assert set(subscriber.topic_names) == {"probe.a", "probe.b"}
+        assert subscriber.group_id == runtime.settings.group_id
+        assert subscriber._connection_args["heartbeat_interval_ms"] == 500
+    handlers = {subscriber.calls[0].handler._original_call for subscriber in subscribers}
+    assert len(handlers) == 1  # one routing function: every member routes records the same way
+
+
+def test_consumers_must_be_at_least_one() -> None:
+    runtime = ServiceRuntime(ServiceSettings(service_name="probe", group_id="probe"))
+    with pytest.raises(ValueError, match="at least 1"):
+        runtime.consume_routes(
+            {"probe.a": Route(QueryRequested, _noop)}, max_records=32, title="probe", consumers=0
+        )
