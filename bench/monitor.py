@@ -1,7 +1,8 @@
 """Monitor sink throughput: QueryAnswered events/s from Kafka into ClickHouse (chdb), and telemetry lag.
 
 Variant A: one monitor process (`python -m services.monitor`, embedded chdb, its default batch of
-max_batch_records) started on a private Kafka whose llmops.query.answered.v1 already holds the events;
+max_batch_records and its default consumers, members of one group) started on a private Kafka whose
+llmops.query.answered.v1 already holds the events;
 events/s = records committed by the monitor's group per second, from the first commit to the last
 (process start-up and the consumer group join are left out). At the end the monitor's gRPC API must
 report every request exactly once.
@@ -10,7 +11,9 @@ batches (the fast path, services/monitor/native.py: framed records into the Clic
 process: the sink without Kafka, FastStream and the EventGuard. A second row sets the fast path beside
 the per-event path (decode, groundedness, rows and MonitorStore.insert_requests in Python), both in
 this process, each run alternating with the other (with the monitor's garbage-collector settings,
-services/monitor/__main__.py).
+services/monitor/__main__.py). A third sets the fast path on these answers beside the same answers
+without their sentence support (as a producer that does not judge its answers sends them: the engine
+then tokenises answer and chunks).
 
 Telemetry lag, in the same monitor process once it has drained the backlog: events produced at a steady
 rate (LAG_RATE/s for LAG_SECONDS, each stamped when it is produced) and, per event, the time from
@@ -19,7 +22,8 @@ the insert), read from the chdb folder after the monitor stopped. The backlog ru
 consumer lag over time (records not yet committed, polled every 0.05 s, about one sample a second kept).
 
 Payloads are realistic: a 12-word question, a 2-sentence answer citing one of five ~60-word retrieved
-chunks (about 2.6 KB per event), token usage, model and template versions and five stage timings.
+chunks (about 3 KB per event), token usage, model and template versions, five stage timings and the
+support of each answer sentence in the chunks, as the generator publishes it.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from llmops.query.v1.query_pb2 import Citation, RetrievedChunk, StageTiming, Tok
 from bench.embedding import make_texts
 from bench.report import Row, rate, status
 from services.cli.stack import service_process
+from services.generator.domain import answer_support
 from services.monitor import domain, native
 from services.monitor.__main__ import tune_gc
 from services.monitor.redaction import RedactionPolicy
@@ -68,10 +73,12 @@ BATCH = MonitorSettings().max_batch_records
 STUB: Any = pb_grpc.MonitorServiceStub  # grpcio-tools writes no types for *_pb2_grpc
 
 
-def make_event(i: int, texts: list[str], tenant: str = TENANT) -> QueryAnswered:
+def make_event(i: int, texts: list[str], tenant: str = TENANT, *, judged: bool = True) -> QueryAnswered:
+    """An answer as the generator publishes it; `judged=False`: without its sentence support, as a
+    producer that does not judge its answers sends it (the monitor then tokenises the answer)."""
     chunks = [texts[(i + k) % len(texts)] for k in range(5)]
     first_sentence = chunks[0].split(". ")[0] + "."
-    return QueryAnswered(
+    event = QueryAnswered(
         meta=new_meta(tenant_id=tenant, producer="generator"),
         question=f"What does the record number {i} say about the replicated partition leader election?",
         answer=f"{first_sentence} [1] The remaining passages do not say more about it.",
@@ -97,11 +104,14 @@ def make_event(i: int, texts: list[str], tenant: str = TENANT) -> QueryAnswered:
         ]
         + [StageTiming(stage="generate", duration_ms=150.0 + i % 50)],
     )
+    if judged:
+        event.sentence_support.extend(answer_support(event.answer, event.context))
+    return event
 
 
-def make_events(count: int, tenant: str = TENANT) -> list[QueryAnswered]:
+def make_events(count: int, tenant: str = TENANT, *, judged: bool = True) -> list[QueryAnswered]:
     texts = make_texts(200)
-    return [make_event(i, texts, tenant) for i in range(count)]
+    return [make_event(i, texts, tenant, judged=judged) for i in range(count)]
 
 
 async def _send(producer: AIOKafkaProducer, event: QueryAnswered) -> Any:
@@ -306,17 +316,24 @@ def _in_process_store(path: Path) -> Iterator[tuple[MonitorStore, StoreBatch]]:
         store.close()
 
 
-def _raw_sink(events: list[QueryAnswered], path: Path, *, fast: bool) -> float:
+def _raw_sink(payloads: list[bytes], path: Path, *, fast: bool) -> float:
     """events/s of the fast path or of the per-event path (_in_process_store) in batches of BATCH."""
-    payloads = [e.SerializeToString() for e in events]
     with _in_process_store(path) as (store, store_batch):
         started = time.perf_counter()
         for offset in range(0, len(payloads), BATCH):
             store_batch(payloads[offset : offset + BATCH], fast)
         elapsed = time.perf_counter() - started
-        if store.count_rows("requests") != len(events):
+        if store.count_rows("requests") != len(payloads):
             raise RuntimeError("raw sink lost rows")
-        return len(events) / elapsed
+        return len(payloads) / elapsed
+
+
+def _unjudged(event: QueryAnswered) -> bytes:
+    """`event` as a producer that does not judge its answers sends it: without sentence support."""
+    copy = QueryAnswered()
+    copy.CopyFrom(event)
+    copy.ClearField("sentence_support")
+    return copy.SerializeToString()
 
 
 CROSSOVER_SIZES = (500, 1000, 2000, 4000)
@@ -346,10 +363,13 @@ def _paths_by_batch_size(events: list[QueryAnswered], path: Path) -> dict[int, d
 
 def run_monitor(events: int = 100_000, repeats: int = 2) -> tuple[list[Row], dict[str, Any]]:
     batch = make_events(events)
-    payload_bytes = statistics.mean(len(e.SerializeToString()) for e in batch[:200])
+    payloads = [e.SerializeToString() for e in batch]
+    unjudged = [_unjudged(e) for e in batch]
+    payload_bytes = statistics.mean(map(len, payloads[:200]))
     runs: list[dict[str, Any]] = []
     raw_rates: list[float] = []
     per_event_rates: list[float] = []
+    unjudged_rates: list[float] = []
     with tempfile.TemporaryDirectory(prefix="llmops-bench-monitor-") as state_dir:
         state = Path(state_dir)
         stack = Stack(state / "stack", port_base=PORT_BASE, components=("kafka",))
@@ -368,13 +388,16 @@ def run_monitor(events: int = 100_000, repeats: int = 2) -> tuple[list[Row], dic
                     f"({run['rows']} rows); lag at {LAG_RATE}/s p50 {lag['p50_ms']:.0f} ms, "
                     f"p99 {lag['p99_ms']:.0f} ms"
                 )
-                raw = _raw_sink(batch, state / f"raw-{rep}", fast=True)
+                raw = _raw_sink(payloads, state / f"raw-{rep}", fast=True)
                 raw_rates.append(raw)
-                per_event = _raw_sink(batch, state / f"per-event-{rep}", fast=False)
+                per_event = _raw_sink(payloads, state / f"per-event-{rep}", fast=False)
                 per_event_rates.append(per_event)
+                unjudged_rate = _raw_sink(unjudged, state / f"unjudged-{rep}", fast=True)
+                unjudged_rates.append(unjudged_rate)
                 status(
                     f"monitor: run {rep + 1}/{repeats} in-process fast path {raw:,.0f} ev/s, "
-                    f"per-event path {per_event:,.0f} ev/s"
+                    f"per-event path {per_event:,.0f} ev/s, fast path without sentence support "
+                    f"{unjudged_rate:,.0f} ev/s"
                 )
         finally:
             stack.down()
@@ -383,11 +406,13 @@ def run_monitor(events: int = 100_000, repeats: int = 2) -> tuple[list[Row], dic
     monitor_rates = [r["events_per_s"] for r in runs]
     a, b = statistics.median(monitor_rates), statistics.median(raw_rates)
     c = statistics.median(per_event_rates)
+    d = statistics.median(unjudged_rates)
     notes = (
         f"QueryAnswered ~{payload_bytes:,.0f} B (5 chunks of ~60 words, 5 timings), N={events:,} per run, "
         f"median of {repeats} (A runs {', '.join(f'{r:,.0f}' for r in monitor_rates)}; B runs "
         f"{', '.join(f'{r:,.0f}' for r in raw_rates)}); A = one monitor process, chdb, batches of up to "
-        f"{BATCH}, events/s between first and last commit, every request stored once (checked over gRPC); "
+        f"{BATCH}, {MonitorSettings().consumers} consumers, events/s between first and last commit, every "
+        "request stored once (checked over gRPC); "
         "B = the same batches through the fast path (services/monitor/native.py) in one process; "
         f"{os.cpu_count()} CPUs shared with Kafka"
     )
@@ -397,6 +422,14 @@ def run_monitor(events: int = 100_000, repeats: int = 2) -> tuple[list[Row], dic
         f"{', '.join(f'{r:,.0f}' for r in raw_rates)}); per-event path: decode, groundedness, rows and "
         f"insert_requests in Python (runs {', '.join(f'{r:,.0f}' for r in per_event_rates)}); both store "
         "equal rows (tests/unit/test_monitor_native.py)"
+    )
+    judged_notes = (
+        f"the same {events:,} answers through the fast path in this process, in batches of {BATCH}: as the "
+        "generator publishes them, with each sentence's support in the context (QueryAnswered."
+        "sentence_support; runs " + ", ".join(f"{r:,.0f}" for r in raw_rates) + "), and without it, as a "
+        "producer that does not judge its answers sends them, so the engine tokenises answer and chunks "
+        "(runs " + ", ".join(f"{r:,.0f}" for r in unjudged_rates) + "); both give the same scores "
+        "(tests/unit/test_monitor_native.py)"
     )
     p50s = [r["lag_phase"]["p50_ms"] for r in runs]
     p99s = [r["lag_phase"]["p99_ms"] for r in runs]
@@ -440,6 +473,13 @@ def run_monitor(events: int = 100_000, repeats: int = 2) -> tuple[list[Row], dic
             path_notes,
         ),
         Row(
+            "monitor fast path, answers judged by the generator vs by the monitor",
+            f"with sentence support {rate(b)}",
+            f"without {rate(d)}",
+            f"{b / d:.2f}",
+            judged_notes,
+        ),
+        Row(
             "monitor telemetry lag, produce -> row stored (ms)",
             f"p50 {statistics.median(p50s):.0f}",
             f"p99 {statistics.median(p99s):.0f}",
@@ -453,6 +493,7 @@ def run_monitor(events: int = 100_000, repeats: int = 2) -> tuple[list[Row], dic
         "monitor_ev_per_s": monitor_rates,
         "raw_ev_per_s": raw_rates,
         "per_event_ev_per_s": per_event_rates,
+        "unjudged_fast_ev_per_s": unjudged_rates,
         "paths_by_batch_size": by_size,
         "runs": runs,
     }

@@ -10,6 +10,7 @@ regex-free tokeniser for ASCII text).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _STOP_WORDS_TEXT = """
 a about above after again against all also am an and any are as at be because been before being
@@ -111,3 +112,25 @@ def sentence_word_sets(text: str) -> list[set[str]]:
 def support(words: frozenset[str] | set[str], source: frozenset[str] | set[str]) -> float:
     """Share of `words` found in `source` (0 when `words` is empty)."""
     return len(words & source) / len(words) if words else 0.0
+
+
+@lru_cache(maxsize=8192)
+def _chunk_words(text: str) -> frozenset[str]:
+    """content_words of a retrieved chunk, cached: popular chunks come back in many answers."""
+    return content_words(text)
+
+
+@lru_cache(maxsize=4096)
+def context_vocabulary(context: tuple[str, ...]) -> frozenset[str]:
+    """The union of the content words of retrieved chunks, cached: a retrieval result comes back for a
+    repeated question, and an answer with one chunk needs no union."""
+    if len(context) == 1:
+        return _chunk_words(context[0])
+    return frozenset().union(*map(_chunk_words, context))
+
+
+def sentence_support(answer: str, context: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Per sentence of `answer` that has content words, in order: (its distinct content words, how many
+    of them occur in the chunks of `context`). Groundedness judges each sentence by this ratio."""
+    vocabulary = context_vocabulary(context)
+    return [(len(words), len(words & vocabulary)) for words in sentence_word_sets(answer)]

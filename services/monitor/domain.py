@@ -28,7 +28,7 @@ from llmops.query.v1.events_pb2 import QueryAnswered, QueryFailed
 from llmops.query.v1.query_pb2 import FailureReason, StageTiming
 from llmops.telemetry.v1.events_pb2 import AlertSeverity, QualityAlert, SpanStatus, TelemetrySpan
 
-from services.monitor.quality import Breach, Sample, groundedness
+from services.monitor.quality import Breach, Sample, groundedness, judge_support
 from services.monitor.redaction import RedactionPolicy
 from shared.events import new_meta
 
@@ -128,11 +128,16 @@ def answered_row(
 def scored_answered_row(
     event: QueryAnswered, *, redaction: RedactionPolicy, received_at: datetime, support_threshold: float
 ) -> Row:
-    """answered_row with the answer's groundedness against its retrieved chunks (quality.groundedness):
-    the per-event path's row of an answer."""
-    score = groundedness(
-        event.answer, [chunk.text for chunk in event.context], support_threshold=support_threshold
-    )
+    """answered_row with the answer's groundedness against its retrieved chunks: the per-event path's
+    row of an answer. The sentence support the generator sent is judged as it came; an answer without
+    it is tokenised here (quality.groundedness)."""
+    if event.sentence_support:
+        support = [(s.content_words, s.words_in_context) for s in event.sentence_support]
+        score = judge_support(support, support_threshold=support_threshold).score
+    else:
+        score = groundedness(
+            event.answer, [chunk.text for chunk in event.context], support_threshold=support_threshold
+        )
     return answered_row(event, groundedness=score, redaction=redaction, received_at=received_at)
 
 

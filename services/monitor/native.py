@@ -230,19 +230,35 @@ def sentence_words_sql(answer: str) -> str:
 
 
 def groundedness_sql(texts: str, staging: str, support_threshold: float) -> str:
-    """quality.judge_groundedness(...).score: supported / judged sentences, NULL when none is judged.
-    Over the row's `sentences` (sentence_words_sql of the answer) and `hashes` (cityHash64 of each of
-    its chunk texts, `texts`); the chunks' words come from one set per query."""
+    """The answer's groundedness score (services/monitor/domain.py's scored_answered_row): from the
+    sentence support the event carries (quality.judge_support), else judged from the text
+    (quality.judge_groundedness) over the row's `sentences` (sentence_words_sql of the answer) and
+    `hashes` (cityHash64 of each of its chunk texts, `texts`); the chunks' words come from one set per
+    query, of the answers that carry no support. NULL when no sentence is judged."""
+    threshold = repr(float(support_threshold))
     vocabulary = (
         f"(SELECT DISTINCT cityHash64(text), arrayJoin({content_words_sql('text')}) "
-        f"FROM (SELECT DISTINCT arrayJoin({texts}) AS text FROM {staging}))"
+        f"FROM (SELECT DISTINCT arrayJoin({texts}) AS text FROM {staging} "
+        f"WHERE empty({_SUPPORT_WORDS})))"
     )
     supported = (
         f"length(arrayFilter(w -> arrayExists(h -> (h, w) IN {vocabulary}, hashes), ws)) / length(ws) "
-        f">= {float(support_threshold)!r}"
+        f">= {threshold}"
     )
-    judged = "length(sentences)"
-    return f"if(empty(sentences), NULL, countEqual(arrayMap(ws -> {supported}, sentences), 1) / {judged})"
+    from_text = (
+        f"if(empty(sentences), NULL, "
+        f"countEqual(arrayMap(ws -> {supported}, sentences), 1) / length(sentences))"
+    )
+    judged = f"arrayCount(n -> n > 0, {_SUPPORT_WORDS})"
+    from_event = (
+        f"if({judged} = 0, NULL, arrayCount((n, k) -> n > 0 AND k / n >= {threshold}, {_SUPPORT_WORDS}, "
+        f"{_SUPPORT_IN_CONTEXT}) / {judged})"
+    )
+    return f"if(empty({_SUPPORT_WORDS}), {from_text}, {from_event})"
+
+
+_SUPPORT_WORDS = "sentence_support.content_words"
+_SUPPORT_IN_CONTEXT = "sentence_support.words_in_context"
 
 
 # --- the row -------------------------------------------------------------------------------------------
@@ -305,7 +321,9 @@ def rows_sql(policy: RedactionPolicy, support_threshold: float, columns: tuple[s
     names = ", ".join((*columns, "row_no", "fast_path"))
     checks = string_checks(QueryAnswered.DESCRIPTOR)
     # compile_expressions = 0: JIT-compiling these expressions costs more than it saves on one batch;
-    # max_threads = 1: one core (no slower here), the other stays with Kafka and the query path.
+    # max_threads = 1: one core (no slower here), the other stays with Kafka and the query path;
+    # short_circuit_function_evaluation = 'force_enable': an answer that carries its sentence support
+    # skips the text branch of groundedness_sql (tokenising is most of the statement's work).
     return f"""
 INSERT INTO {ROWS_TABLE} ({names})
 SELECT {names}
@@ -342,7 +360,7 @@ FROM (
         {valid_sql(policy, checks)} AS fast_path
     FROM {STAGING_TABLE} AS staged
 )
-SETTINGS compile_expressions = 0, max_threads = 1
+SETTINGS compile_expressions = 0, max_threads = 1, short_circuit_function_evaluation = 'force_enable'
 """
 
 

@@ -13,6 +13,11 @@ supports, by token overlap:
    when no sentence could be judged (an empty answer). With no retrieved context every judged sentence
    is unsupported (score 0).
 
+Steps 1-2 and the overlap count are shared.text.sentence_support. The generator runs them as it
+answers, while it holds the answer and its chunks, and sends each sentence's counts in the event
+(QueryAnswered.sentence_support); the monitor applies its threshold to those (`judge_support`) and
+tokenises the answer itself (`judge_groundedness`) only for an event that carries none.
+
 `QualityMonitor` keeps, per tenant, the requests of a sliding window of event time and judges four
 signals once the window holds `min_samples` requests: mean groundedness (alert below the threshold),
 empty-retrieval rate and error rate (alert above), and query-embedding drift: 1 - cosine between the
@@ -28,25 +33,9 @@ import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Literal
 
-from shared.text import content_words, sentence_word_sets
-
-
-@lru_cache(maxsize=8192)
-def _context_words(text: str) -> frozenset[str]:
-    """content_words of a retrieved chunk, cached: popular chunks come back in many answers."""
-    return content_words(text)
-
-
-@lru_cache(maxsize=4096)
-def _vocabulary(context: tuple[str, ...]) -> frozenset[str]:
-    """The union of the chunks' content words, cached: a retrieval result comes back for a repeated
-    question, and an answer with one chunk needs no union."""
-    if len(context) == 1:
-        return _context_words(context[0])
-    return frozenset().union(*map(_context_words, context))
+from shared.text import sentence_support
 
 
 @dataclass(frozen=True)
@@ -56,17 +45,23 @@ class Groundedness:
     supported: int
 
 
+def judge_support(support: Iterable[tuple[int, int]], *, support_threshold: float = 0.6) -> Groundedness:
+    """Supported and judged sentences from each sentence's (content words, of them in the context), as
+    shared.text.sentence_support gives them; a sentence without content words is not judged."""
+    judged = supported = 0
+    for words, in_context in support:
+        if words > 0:
+            judged += 1
+            if in_context / words >= support_threshold:
+                supported += 1
+    return Groundedness(supported / judged if judged else None, judged, supported)
+
+
 def judge_groundedness(
     answer: str, context: Iterable[str], *, support_threshold: float = 0.6
 ) -> Groundedness:
     """Supported and judged sentences of `answer` against the context texts (rule: module docstring)."""
-    vocabulary = _vocabulary(tuple(context))
-    judged = supported = 0
-    for words in sentence_word_sets(answer):  # sentences without content words are not judged
-        judged += 1
-        if len(words & vocabulary) / len(words) >= support_threshold:
-            supported += 1
-    return Groundedness(supported / judged if judged else None, judged, supported)
+    return judge_support(sentence_support(answer, tuple(context)), support_threshold=support_threshold)
 
 
 def groundedness(answer: str, context: Iterable[str], *, support_threshold: float = 0.6) -> float | None:

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 from llmops.query.v1.events_pb2 import QueryAnswered
-from llmops.query.v1.query_pb2 import Citation, RetrievedChunk, StageTiming, TokenUsage
+from llmops.query.v1.query_pb2 import Citation, RetrievedChunk, SentenceSupport, StageTiming, TokenUsage
 
+from services.generator.domain import answer_support
 from services.monitor import domain, native
 from services.monitor.quality import groundedness
 from services.monitor.redaction import Mode, RedactionPolicy
@@ -146,6 +147,23 @@ def corpus_event(rng: random.Random, tenant: str, i: int) -> QueryAnswered:
     )
     # Within the last day (the tables' TTL drops older rows), to the nanosecond.
     event.meta.occurred_at.FromNanoseconds(NOW_NS - rng.randint(0, 86_400 * 10**9))
+    # A third judged by the generator, a third with support as any producer might send it (sentences
+    # without words, more words in context than in the sentence), a third for the monitor to judge.
+    kind = rng.randrange(3)
+    if kind == 0:
+        with_generator_support(event)
+    elif kind == 1:
+        event.sentence_support.extend(
+            SentenceSupport(content_words=rng.randint(0, 6), words_in_context=rng.randint(0, 7))
+            for _ in range(rng.randint(1, 4))
+        )
+    return event
+
+
+def with_generator_support(event: QueryAnswered) -> QueryAnswered:
+    """`event` with the sentence support the generator sends (services/generator/domain.py)."""
+    del event.sentence_support[:]
+    event.sentence_support.extend(answer_support(event.answer, event.context))
     return event
 
 
@@ -212,6 +230,31 @@ def test_the_fast_path_stores_what_the_per_event_path_stores(
         row = by_time[round(sample.at * 1000)]
         assert tenant == f"{mode}/fast"
         assert (sample.groundedness, sample.empty_retrieval) == (row["groundedness"], not row["chunk_ids"])
+
+
+def test_the_support_the_generator_sends_gives_the_score_the_monitor_would_give(
+    store: MonitorStore, statements: native.AnsweredStatements
+) -> None:
+    rng = random.Random("support")
+    tenant = f"support-{uuid.uuid4().hex[:6]}"
+    events = [corpus_event(rng, tenant, i) for i in range(200)]
+    paths: dict[str, Callable[[list[QueryAnswered]], object]] = {
+        "python": lambda batch: python_path(store, batch),
+        "fast": lambda batch: fast_path(store, statements, batch),
+    }
+    for path, store_batch in paths.items():
+        judged_here = [with_tenant(e, f"{tenant}/{path}/text") for e in events]
+        for event in judged_here:
+            del event.sentence_support[:]
+        sent = [with_generator_support(with_tenant(e, f"{tenant}/{path}/sent")) for e in events]
+        assert sum(bool(e.sentence_support) for e in sent) > 100  # most answers have judged sentences
+        store_batch(judged_here)
+        store_batch(sent)
+        by_text, by_support = stored(store, f"{tenant}/{path}/text"), stored(store, f"{tenant}/{path}/sent")
+        assert len(by_text) == len(by_support) == len(events)
+        scores = {k: r["groundedness"] for k, r in by_text.items()}
+        assert {k: r["groundedness"] for k, r in by_support.items()} == scores, path
+        assert len(set(scores.values())) > 3  # unjudged, unsupported, partly and fully supported
 
 
 def test_replays_and_older_answers_change_nothing_and_the_newest_wins(

@@ -65,7 +65,7 @@ class GenerationChunk(_message.Message):
     def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., sequence: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
 
 class QueryAnswered(_message.Message):
-    __slots__ = ("meta", "question", "answer", "citations", "context", "usage", "model_name", "model_version", "prompt_template_id", "prompt_template_version", "timings")
+    __slots__ = ("meta", "question", "answer", "citations", "context", "usage", "model_name", "model_version", "prompt_template_id", "prompt_template_version", "timings", "sentence_support")
     META_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class QueryAnswered(_message.Message):
     PROMPT_TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEMPLATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    SENTENCE_SUPPORT_FIELD_NUMBER: _ClassVar[int]
     meta: _event_meta_pb2.EventMeta
     question: str
     answer: str
@@ -88,7 +89,8 @@ class QueryAnswered(_message.Message):
     prompt_template_id: str
     prompt_template_version: str
     timings: _containers.RepeatedCompositeFieldContainer[_query_pb2.StageTiming]
-    def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., question: _Optional[str] = ..., answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[_query_pb2.Citation, _Mapping]]] = ..., context: _Optional[_Iterable[_Union[_query_pb2.RetrievedChunk, _Mapping]]] = ..., usage: _Optional[_Union[_query_pb2.TokenUsage, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., prompt_template_id: _Optional[str] = ..., prompt_template_version: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[_query_pb2.StageTiming, _Mapping]]] = ...) -> None: ...
+    sentence_support: _containers.RepeatedCompositeFieldContainer[_query_pb2.SentenceSupport]
+    def __init__(self, meta: _Optional[_Union[_event_meta_pb2.EventMeta, _Mapping]] = ..., question: _Optional[str] = ..., answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[_query_pb2.Citation, _Mapping]]] = ..., context: _Optional[_Iterable[_Union[_query_pb2.RetrievedChunk, _Mapping]]] = ..., usage: _Optional[_Union[_query_pb2.TokenUsage, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., prompt_template_id: _Optional[str] = ..., prompt_template_version: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[_query_pb2.StageTiming, _Mapping]]] = ..., sentence_support: _Optional[_Iterable[_Union[_query_pb2.SentenceSupport, _Mapping]]] = ...) -> None: ...
 
 class QueryFailed(_message.Message):
     __slots__ = ("meta", "reason", "detail", "failed_stage", "model_name", "model_version")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bllmops/query/v1/query.proto\x12\x0fllmops.query.v1\"\xda\x01\n\x0eRetrievedChunk\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nsource_uri\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x02\x12?\n\x08metadata\x18\x06 \x03(\x0b\x32-.llmops.query.v1.RetrievedChunk.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"U\n\x08\x43itation\x12\x0e\n\x06marker\x18\x01 \x01(\r\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x03 \x01(\t\x12\x12\n\nsource_uri\x18\x04 \x01(\t\">\n\nTokenUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"1\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\x01\"\xdf\x01\n\x10RetrievalOptions\x12\r\n\x05top_k\x18\x01 \x01(\r\x12\x12\n\x05\x61lpha\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\x0fscore_threshold\x18\x03 \x01(\x02\x12N\n\x0fmetadata_filter\x18\x04 \x03(\x0b\x32\x35.llmops.query.v1.RetrievalOptions.MetadataFilterEntry\x1a\x35\n\x13MetadataFilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_alpha*\xd5\x01\n\rFailureReason\x12\x1e\n\x1a\x46\x41ILURE_REASON_UNSPECIFIED\x10\x00\x12#\n\x1f\x46\x41ILURE_REASON_INVALID_ARGUMENT\x10\x01\x12\x1e\n\x1a\x46\x41ILURE_REASON_UNAVAILABLE\x10\x02\x12$\n FAILURE_REASON_DEADLINE_EXCEEDED\x10\x03\x12\x1b\n\x17\x46\x41ILURE_REASON_INTERNAL\x10\x04\x12\x1c\n\x18\x46\x41ILURE_REASON_NOT_FOUND\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bllmops/query/v1/query.proto\x12\x0fllmops.query.v1\"\xda\x01\n\x0eRetrievedChunk\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nsource_uri\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x02\x12?\n\x08metadata\x18\x06 \x03(\x0b\x32-.llmops.query.v1.RetrievedChunk.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"U\n\x08\x43itation\x12\x0e\n\x06marker\x18\x01 \x01(\r\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x03 \x01(\t\x12\x12\n\nsource_uri\x18\x04 \x01(\t\"B\n\x0fSentenceSupport\x12\x15\n\rcontent_words\x18\x01 \x01(\r\x12\x18\n\x10words_in_context\x18\x02 \x01(\r\">\n\nTokenUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"1\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\x01\"\xdf\x01\n\x10RetrievalOptions\x12\r\n\x05top_k\x18\x01 \x01(\r\x12\x12\n\x05\x61lpha\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\x0fscore_threshold\x18\x03 \x01(\x02\x12N\n\x0fmetadata_filter\x18\x04 \x03(\x0b\x32\x35.llmops.query.v1.RetrievalOptions.MetadataFilterEntry\x1a\x35\n\x13MetadataFilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_alpha*\xd5\x01\n\rFailureReason\x12\x1e\n\x1a\x46\x41ILURE_REASON_UNSPECIFIED\x10\x00\x12#\n\x1f\x46\x41ILURE_REASON_INVALID_ARGUMENT\x10\x01\x12\x1e\n\x1a\x46\x41ILURE_REASON_UNAVAILABLE\x10\x02\x12$\n FAILURE_REASON_DEADLINE_EXCEEDED\x10\x03\x12\x1b\n\x17\x46\x41ILURE_REASON_INTERNAL\x10\x04\x12\x1c\n\x18\x46\x41ILURE_REASON_NOT_FOUND\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,20 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRIEVEDCHUNK_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_RETRIEVALOPTIONS_METADATAFILTERENTRY']._loaded_options = None
   _globals['_RETRIEVALOPTIONS_METADATAFILTERENTRY']._serialized_options = b'8\001'
-  _globals['_FAILUREREASON']._serialized_start=698
-  _globals['_FAILUREREASON']._serialized_end=911
+  _globals['_FAILUREREASON']._serialized_start=766
+  _globals['_FAILUREREASON']._serialized_end=979
   _globals['_RETRIEVEDCHUNK']._serialized_start=49
   _globals['_RETRIEVEDCHUNK']._serialized_end=267
   _globals['_RETRIEVEDCHUNK_METADATAENTRY']._serialized_start=220
   _globals['_RETRIEVEDCHUNK_METADATAENTRY']._serialized_end=267
   _globals['_CITATION']._serialized_start=269
   _globals['_CITATION']._serialized_end=354
-  _globals['_TOKENUSAGE']._serialized_start=356
-  _globals['_TOKENUSAGE']._serialized_end=418
-  _globals['_STAGETIMING']._serialized_start=420
-  _globals['_STAGETIMING']._serialized_end=469
-  _globals['_RETRIEVALOPTIONS']._serialized_start=472
-  _globals['_RETRIEVALOPTIONS']._serialized_end=695
-  _globals['_RETRIEVALOPTIONS_METADATAFILTERENTRY']._serialized_start=632
-  _globals['_RETRIEVALOPTIONS_METADATAFILTERENTRY']._serialized_end=685
+  _globals['_SENTENCESUPPORT']._serialized_start=356
+  _globals['_SENTENCESUPPORT']._serialized_end=422
+  _globals['_TOKENUSAGE']._serialized_start=424
+  _globals['_TOKENUSAGE']._serialized_end=486
+  _globals['_STAGETIMING']._serialized_start=488
+  _globals['_STAGETIMING']._serialized_end=537
+  _globals['_RETRIEVALOPTIONS']._serialized_start=540
+  _globals['_RETRIEVALOPTIONS']._serialized_end=763
+  _globals['_RETRIEVALOPTIONS_METADATAFILTERENTRY']._serialized_start=700
+  _globals['_RETRIEVALOPTIONS_METADATAFILTERENTRY']._serialized_end=753
 # @@protoc_insertion_point(module_scope)

@@ -56,6 +56,14 @@ class Citation(_message.Message):
     source_uri: str
     def __init__(self, marker: _Optional[int] = ..., chunk_id: _Optional[str] = ..., document_id: _Optional[str] = ..., source_uri: _Optional[str] = ...) -> None: ...
 
+class SentenceSupport(_message.Message):
+    __slots__ = ("content_words", "words_in_context")
+    CONTENT_WORDS_FIELD_NUMBER: _ClassVar[int]
+    WORDS_IN_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    content_words: int
+    words_in_context: int
+    def __init__(self, content_words: _Optional[int] = ..., words_in_context: _Optional[int] = ...) -> None: ...
+
 class TokenUsage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
