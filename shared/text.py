@@ -1,4 +1,5 @@
-"""Word-overlap primitives shared by groundedness scoring (monitor) and citation attribution (generator).
+"""Word-overlap primitives shared by groundedness (the generator counts each answer sentence's support,
+the monitor judges it) and citation attribution (generator).
 
 *Content words* are a text's lower-cased alphanumeric tokens that are not stop words, lightly
 normalised (a plural "s" / "ies" is removed) so "offsets" matches "offset". Sentences are split at

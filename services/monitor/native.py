@@ -229,6 +229,11 @@ def sentence_words_sql(answer: str) -> str:
     return f"arrayFilter(s -> notEmpty(s), arrayMap(p -> {content_words_sql('p')}, {pieces}))"
 
 
+# QueryAnswered.sentence_support as staged columns (the generator's counts per answer sentence)
+_SUPPORT_WORDS = "sentence_support.content_words"
+_SUPPORT_IN_CONTEXT = "sentence_support.words_in_context"
+
+
 def groundedness_sql(texts: str, staging: str, support_threshold: float) -> str:
     """The answer's groundedness score (services/monitor/domain.py's scored_answered_row): from the
     sentence support the event carries (quality.judge_support), else judged from the text
@@ -255,10 +260,6 @@ def groundedness_sql(texts: str, staging: str, support_threshold: float) -> str:
         f"{_SUPPORT_IN_CONTEXT}) / {judged})"
     )
     return f"if(empty({_SUPPORT_WORDS}), {from_text}, {from_event})"
-
-
-_SUPPORT_WORDS = "sentence_support.content_words"
-_SUPPORT_IN_CONTEXT = "sentence_support.words_in_context"
 
 
 # --- the row -------------------------------------------------------------------------------------------

@@ -7,12 +7,14 @@ import random
 import pytest
 
 from services.monitor.quality import (
+    Groundedness,
     QualityMonitor,
     Sample,
     Thresholds,
     cosine_distance,
     groundedness,
     judge_groundedness,
+    judge_support,
 )
 from shared.text import content_word_set, content_words, sentence_word_sets, sentences
 
@@ -202,3 +204,10 @@ def test_window_mean_is_exact() -> None:
         monitor.observe("t", Sample(at=100 + i / 100, failed=False, groundedness=g))
     assert monitor.signals("t", now=200)["groundedness"] == (0.5, 300)
     assert monitor.evaluate("t", now=200) == []  # 0.5 is not below the 0.5 threshold
+
+
+def test_sent_support_is_judged_at_the_threshold_and_sentences_without_words_are_skipped() -> None:
+    # 3 of 5 words is exactly the 0.6 threshold (supported); 1 of 2 is not; (0, 0) is not judged.
+    assert judge_support([(5, 3), (2, 1), (0, 0)], support_threshold=0.6) == Groundedness(0.5, 2, 1)
+    assert judge_support([(0, 0)]) == Groundedness(None, 0, 0)
+    assert judge_support([]) == Groundedness(None, 0, 0)
