@@ -73,9 +73,8 @@ BATCH = MonitorSettings().max_batch_records
 STUB: Any = pb_grpc.MonitorServiceStub  # grpcio-tools writes no types for *_pb2_grpc
 
 
-def make_event(i: int, texts: list[str], tenant: str = TENANT, *, judged: bool = True) -> QueryAnswered:
-    """An answer as the generator publishes it; `judged=False`: without its sentence support, as a
-    producer that does not judge its answers sends it (the monitor then tokenises the answer)."""
+def make_event(i: int, texts: list[str], tenant: str = TENANT) -> QueryAnswered:
+    """An answer as the generator publishes it, its sentence support included (see _unjudged)."""
     chunks = [texts[(i + k) % len(texts)] for k in range(5)]
     first_sentence = chunks[0].split(". ")[0] + "."
     event = QueryAnswered(
@@ -104,14 +103,13 @@ def make_event(i: int, texts: list[str], tenant: str = TENANT, *, judged: bool =
         ]
         + [StageTiming(stage="generate", duration_ms=150.0 + i % 50)],
     )
-    if judged:
-        event.sentence_support.extend(answer_support(event.answer, event.context))
+    event.sentence_support.extend(answer_support(event.answer, event.context))
     return event
 
 
-def make_events(count: int, tenant: str = TENANT, *, judged: bool = True) -> list[QueryAnswered]:
+def make_events(count: int, tenant: str = TENANT) -> list[QueryAnswered]:
     texts = make_texts(200)
-    return [make_event(i, texts, tenant, judged=judged) for i in range(count)]
+    return [make_event(i, texts, tenant) for i in range(count)]
 
 
 async def _send(producer: AIOKafkaProducer, event: QueryAnswered) -> Any:
@@ -340,11 +338,10 @@ CROSSOVER_SIZES = (500, 1000, 2000, 4000)
 CROSSOVER_SECONDS = 2.0
 
 
-def _paths_by_batch_size(events: list[QueryAnswered], path: Path) -> dict[int, dict[str, list[float]]]:
+def _paths_by_batch_size(payloads: list[bytes], path: Path) -> dict[int, dict[str, list[float]]]:
     """events/s of the fast path and of the per-event path at each batch size of CROSSOVER_SIZES, each
     for about CROSSOVER_SECONDS, twice, alternating (in this process, one chdb): where the fast path's
     fixed cost per batch starts to pay (MonitorSettings.fast_path_min_records)."""
-    payloads = [e.SerializeToString() for e in events]
     result: dict[int, dict[str, list[float]]] = {}
     with _in_process_store(path) as (store, store_batch):
         for size in CROSSOVER_SIZES:
@@ -402,7 +399,7 @@ def run_monitor(events: int = 100_000, repeats: int = 2) -> tuple[list[Row], dic
         finally:
             stack.down()
         status("monitor: fast path vs per-event path by batch size")
-        by_size = _paths_by_batch_size(batch[:40_000], state / "by-size")
+        by_size = _paths_by_batch_size(payloads[:40_000], state / "by-size")
     monitor_rates = [r["events_per_s"] for r in runs]
     a, b = statistics.median(monitor_rates), statistics.median(raw_rates)
     c = statistics.median(per_event_rates)

@@ -28,7 +28,7 @@ from llmops.query.v1.events_pb2 import QueryAnswered
 from services.monitor.domain import ANSWERED, NESTED_STAGES, row_version
 from services.monitor.quality import Sample
 from services.monitor.redaction import RedactionPolicy
-from shared.clickhouse import ClickHouse, ClickHouseUnavailable
+from shared.clickhouse import ClickHouse, ClickHouseUnavailable, sql_string
 from shared.text import STOP_WORDS
 
 STAGING_TABLE = "answered_staging"
@@ -182,15 +182,11 @@ def string_checks(message: Descriptor) -> list[str]:
 _SPACE = r"[\t\n\v\f\r \x1c-\x1f\x{85}\p{Z}]"
 _SENTENCE_BREAK = rf"[.!?]{_SPACE}+|\n+"
 _CITATION_MARKER = rf"\[\p{{Nd}}+(?:{_SPACE}*,{_SPACE}*\p{{Nd}}+)*\]"
-_STOP_WORDS = "(" + ", ".join(f"'{w}'" for w in sorted(STOP_WORDS)) + ")"
+_STOP_WORDS = "(" + ", ".join(map(sql_string, sorted(STOP_WORDS))) + ")"
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-_LETTERS_AND_DIGITS = _literal(r"[\p{L}\p{N}]+")
-_SPACE_BEFORE_PUNCTUATION = _literal(r"[ \t]+([.!?,;:])")
+_LETTERS_AND_DIGITS = sql_string(r"[\p{L}\p{N}]+")
+_SPACE_BEFORE_PUNCTUATION = sql_string(r"[ \t]+([.!?,;:])")
 
 
 def tokens_sql(text: str) -> str:
@@ -222,10 +218,10 @@ def content_words_sql(text: str) -> str:
 def sentence_words_sql(answer: str) -> str:
     """shared.text.sentence_word_sets: the content words of each sentence that has some."""
     cleaned = (
-        f"replaceRegexpAll(replaceRegexpAll({answer}, {_literal(_CITATION_MARKER)}, ''), "
+        f"replaceRegexpAll(replaceRegexpAll({answer}, {sql_string(_CITATION_MARKER)}, ''), "
         f"{_SPACE_BEFORE_PUNCTUATION}, '\\\\1')"
     )
-    pieces = f"splitByRegexp({_literal(_SENTENCE_BREAK)}, {cleaned})"
+    pieces = f"splitByRegexp({sql_string(_SENTENCE_BREAK)}, {cleaned})"
     return f"arrayFilter(s -> notEmpty(s), arrayMap(p -> {content_words_sql('p')}, {pieces}))"
 
 
@@ -278,10 +274,10 @@ def redaction_sql(policy: RedactionPolicy, tenant: str, text: str) -> str:
 
 def mode_sql(policy: RedactionPolicy, tenant: str) -> str:
     if not policy.tenants:
-        return _literal(policy.default)
-    names = "[" + ", ".join(map(_literal, policy.tenants)) + "]"
-    modes = "[" + ", ".join(map(_literal, policy.tenants.values())) + "]"
-    return f"transform({tenant}, {names}, {modes}, {_literal(policy.default)})"
+        return sql_string(policy.default)
+    names = "[" + ", ".join(map(sql_string, policy.tenants)) + "]"
+    modes = "[" + ", ".join(map(sql_string, policy.tenants.values())) + "]"
+    return f"transform({tenant}, {names}, {modes}, {sql_string(policy.default)})"
 
 
 def valid_sql(policy: RedactionPolicy, checks: list[str]) -> str:
@@ -290,7 +286,7 @@ def valid_sql(policy: RedactionPolicy, checks: list[str]) -> str:
     of a tenant whose text is not hashed with a salt."""
     uuid = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
     conditions = [
-        f"match(meta_event_id, {_literal(uuid)})",
+        f"match(meta_event_id, {sql_string(uuid)})",
         "meta_tenant_id != ''",
         "meta_correlation_id != ''",
         "meta_occurred_at_nanos BETWEEN 0 AND 999999999",
@@ -315,7 +311,7 @@ def rows_sql(policy: RedactionPolicy, support_threshold: float, columns: tuple[s
         "arrayMap(s -> arraySum(arrayFilter((ms, st) -> st = s, timings.duration_ms, timings.stage)), "
         f"{stage_names})"
     )
-    nested = "[" + ", ".join(map(_literal, sorted(NESTED_STAGES))) + "]"
+    nested = "[" + ", ".join(map(sql_string, sorted(NESTED_STAGES))) + "]"
     # domain.row_version(ANSWERED, t) is this plus t's epoch milliseconds
     rank = row_version(ANSWERED, datetime.fromtimestamp(0, UTC))
     tenant = "meta_tenant_id"
