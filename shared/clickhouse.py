@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +27,10 @@ from typing import Any, Protocol
 import orjson
 
 from shared.errors import RetryableError
+
+Columns = Sequence[str]
+Rows = Sequence[Sequence[Any]]
+Settings = Mapping[str, int | str]  # query-level settings of one statement
 
 
 class ClickHouseUnavailable(RetryableError):
@@ -40,8 +44,8 @@ class ClickHouse(Protocol):
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Rows of a SELECT; parameters use ClickHouse's {name:Type} placeholders."""
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        """Append rows to a table."""
+    def insert(self, table: str, columns: Columns, rows: Rows, settings: Settings | None = None) -> None:
+        """Append rows to a table, with the query-level `settings` given."""
 
     def insert_protobuf(self, table: str, data: bytes, schema: str, message: str) -> None:
         """Append rows in FORMAT Protobuf: length-delimited `message`s of the proto3 file `schema`
@@ -58,6 +62,14 @@ _ESCAPES = str.maketrans({c: "\\" + c for c in ("\\", "'", "`", "\t", "\n")})
 def sql_string(text: str) -> str:
     """`text` as a ClickHouse string literal, quoted and escaped."""
     return "'" + text.translate(_ESCAPES) + "'"
+
+
+def settings_clause(settings: Settings | None) -> str:
+    """` SETTINGS name = value, ...` for a statement, or '' for none."""
+    if not settings:
+        return ""
+    values = (f"{name} = {sql_string(v) if isinstance(v, str) else int(v)}" for name, v in settings.items())
+    return " SETTINGS " + ", ".join(values)
 
 
 def _bind_value(value: Any) -> str:
@@ -158,7 +170,7 @@ class ChdbClickHouse:
             return []
         return [tuple(row) for row in json.loads(text)["data"]]
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    def insert(self, table: str, columns: Columns, rows: Rows, settings: Settings | None = None) -> None:
         """One INSERT of all rows, column-oriented: one JSON document `[[column 1], [column 2], ...]`
         (FORMAT JSONCompactColumns) written by orjson and streamed in with send_insert, so no per-row
         Python encoding and no SQL parsing of the data."""
@@ -171,7 +183,7 @@ class ChdbClickHouse:
             data[i] = _json_column(column)
         body = encode_columns(data)
         with self._session.send_insert(
-            f"INSERT INTO {table} ({', '.join(columns)})", "JSONCompactColumns"
+            f"INSERT INTO {table} ({', '.join(columns)}){settings_clause(settings)}", "JSONCompactColumns"
         ) as inserter:
             inserter.append(body)
             inserter.finish()
@@ -187,8 +199,8 @@ class ChdbClickHouse:
             partial = schema_file.with_suffix(".tmp")
             partial.write_text(schema)
             partial.replace(schema_file)
-        settings = f"format_schema = {sql_string(f'{schema_file}:{message}')}"
-        with self._session.send_insert(f"INSERT INTO {table} SETTINGS {settings}", "Protobuf") as inserter:
+        settings = settings_clause({"format_schema": f"{schema_file}:{message}"})
+        with self._session.send_insert(f"INSERT INTO {table}{settings}", "Protobuf") as inserter:
             inserter.append(data)
             inserter.finish()
 
@@ -235,11 +247,13 @@ class ServerClickHouse:
                 raise ClickHouseUnavailable(str(exc)) from exc
             raise
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    def insert(self, table: str, columns: Columns, rows: Rows, settings: Settings | None = None) -> None:
         if not rows:
             return
         try:
-            self._client.insert(table, [list(r) for r in rows], column_names=list(columns))
+            self._client.insert(
+                table, [list(r) for r in rows], column_names=list(columns), settings=dict(settings or {})
+            )
         except Exception as exc:
             if _unavailable(exc):
                 raise ClickHouseUnavailable(str(exc)) from exc

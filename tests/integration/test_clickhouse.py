@@ -60,3 +60,20 @@ def test_nan_and_infinities_are_stored_as_such_not_as_zero(tmp_path: Path) -> No
     assert got[0][:5] == ("a", 1, "[0.5,-inf]", 1, 0.25)
     assert got[1] == ("b", 0, "[0.5,0.25]", 0, 0.0, 1.5)
     db.close()
+
+
+def test_insert_settings_apply_to_the_insert(tmp_path: Path) -> None:
+    """The monitor inserts rows it has made one per key with optimize_on_insert = 0: the engine then
+    keeps the block as given (a duplicate stays until a merge, and FINAL still reads one)."""
+    db = ChdbClickHouse(tmp_path / "ch")
+    db.command(DDL)
+    columns = ["event_id", "tenant_id", "stage", "duration_ms", "occurred_at"]
+    twice = [("e1", "t-a", "embed", 3.5, "2026-11-27 00:00:00.000")] * 2
+    db.insert("spans", columns, twice)
+    db.insert("spans", columns, twice, {"optimize_on_insert": 0})
+    parts = db.query(
+        "SELECT rows FROM system.parts WHERE table = 'spans' AND active ORDER BY modification_time"
+    )
+    assert sorted(rows for (rows,) in parts) == [1, 2]
+    assert db.query("SELECT count() FROM spans FINAL") == [(1,)]
+    db.close()

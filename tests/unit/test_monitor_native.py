@@ -257,6 +257,44 @@ def test_the_support_the_generator_sends_gives_the_score_the_monitor_would_give(
         assert len(set(scores.values())) > 3  # unjudged, unsupported, partly and fully supported
 
 
+class _Recording:
+    """A ClickHouse handle that records the statements it runs."""
+
+    def __init__(self, inner: ChdbClickHouse) -> None:
+        self.inner = inner
+        self.commands: list[str] = []
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
+        self.commands.append(sql)
+        self.inner.command(sql, parameters)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_batch_judged_by_its_producer_skips_the_text_branch_and_stores_the_same_rows(
+    store: MonitorStore, statements: native.AnsweredStatements
+) -> None:
+    rng = random.Random("judged")
+    tenant = f"judged-{uuid.uuid4().hex[:6]}"
+    events = [with_generator_support(corpus_event(rng, tenant, i)) for i in range(300)]
+    judged = [e for e in events if e.sentence_support]
+    assert len(judged) > 100
+    recording = _Recording(store.db)  # type: ignore[arg-type]
+    framed = native.frame(with_tenant(e, f"{tenant}/fast").SerializeToString() for e in judged)
+    assert len(native.store_answered(recording, statements, framed)) == len(judged)
+    assert statements.rows_judged in recording.commands and statements.rows not in recording.commands
+    python_path(store, [with_tenant(e, f"{tenant}/python") for e in judged])
+    assert stored(store, f"{tenant}/fast") == stored(store, f"{tenant}/python")
+    # One answer without support in the batch brings the text branch back.
+    recording.commands.clear()
+    unjudged = with_tenant(events[0], f"{tenant}/mixed")
+    del unjudged.sentence_support[:]
+    mixed = [unjudged, *(with_tenant(e, f"{tenant}/mixed") for e in judged[:5])]
+    native.store_answered(recording, statements, native.frame(e.SerializeToString() for e in mixed))
+    assert statements.rows in recording.commands
+
+
 def test_replays_and_older_answers_change_nothing_and_the_newest_wins(
     store: MonitorStore, statements: native.AnsweredStatements
 ) -> None:
@@ -342,7 +380,7 @@ def test_a_batch_with_a_record_the_per_event_path_rejects_is_refused_whole(
 def test_salted_hashing_stays_out_of_sql(store: MonitorStore) -> None:
     policy = RedactionPolicy("store", {"salted": "hash"}, salt=b"a secret salt")
     statements = native.AnsweredStatements.build(policy, 0.6, REQUEST_COLUMNS)
-    assert "a secret salt" not in statements.rows
+    assert "a secret salt" not in statements.rows + statements.rows_judged
     event = corpus_event(random.Random(5), "salted", 0)
     with pytest.raises(native.Refused, match="salted"):
         fast_path(store, statements, [event])

@@ -272,9 +272,9 @@ class FlakyClickHouse:
         self._check()
         return self.inner.query(sql, parameters)
 
-    def insert(self, table: str, columns: Any, rows: Any) -> None:
+    def insert(self, table: str, columns: Any, rows: Any, settings: Any = None) -> None:
         self._check()
-        self.inner.insert(table, columns, rows)
+        self.inner.insert(table, columns, rows, settings)
 
     def insert_protobuf(self, table: str, data: bytes, schema: str, message: str) -> None:
         self._check()
