@@ -59,9 +59,11 @@ from services.monitor.__main__ import tune_gc
 from services.monitor.redaction import RedactionPolicy
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import REQUEST_COLUMNS, MonitorStore
+from shared.bus import producer_compression
 from shared.clickhouse import ChdbClickHouse
 from shared.events import event_headers, new_meta
 from shared.infra.stack import Stack
+from shared.settings import KafkaSettings
 from shared.topics import QUERY_ANSWERED
 
 PORT_BASE = 37000  # others: 19000 (make run), 29000 (tests), 33000-36000 (other benchmarks)
@@ -70,6 +72,8 @@ LAG_TENANT = "bench-lag"
 LAG_RATE = 1000  # events/s in the lag phase: steady traffic well below the sink's capacity
 LAG_SECONDS = 15.0
 BATCH = MonitorSettings().max_batch_records
+# The bench's producers stand in for the generator: its batches compressed as the platform's are.
+COMPRESSION = producer_compression(KafkaSettings())
 STUB: Any = pb_grpc.MonitorServiceStub  # grpcio-tools writes no types for *_pb2_grpc
 
 
@@ -112,17 +116,33 @@ def make_events(count: int, tenant: str = TENANT) -> list[QueryAnswered]:
     return [make_event(i, texts, tenant) for i in range(count)]
 
 
+def published_headers(event: QueryAnswered) -> dict[str, str]:
+    """The headers of the generator's record: the event's own, and what FastStream's publish adds (a
+    correlation id, and the W3C trace context of the publishing span)."""
+    return {
+        **event_headers(event),
+        "correlation_id": str(uuid.uuid4()),
+        "traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-03",
+    }
+
+
 async def _send(producer: AIOKafkaProducer, event: QueryAnswered) -> Any:
     return await producer.send(
         QUERY_ANSWERED.name,
         event.SerializeToString(),
         key=event.meta.correlation_id.encode(),
-        headers=[(k, v.encode()) for k, v in event_headers(event).items()],
+        headers=[(k, v.encode()) for k, v in published_headers(event).items()],
     )
 
 
 async def produce_events(bootstrap: str, events: list[QueryAnswered]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=262144)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=262144,
+        compression_type=COMPRESSION,
+    )
     await producer.start()
     try:
         await asyncio.gather(*[await _send(producer, e) for e in events])
@@ -133,7 +153,9 @@ async def produce_events(bootstrap: str, events: list[QueryAnswered]) -> None:
 async def _produce_paced(bootstrap: str, tenant: str, rate_per_s: int, seconds: float) -> int:
     """Produce QueryAnswered events of `tenant` at `rate_per_s`, each built (stamped) as it is sent."""
     texts = make_texts(200)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=1, compression_type=COMPRESSION
+    )
     await producer.start()
     loop = asyncio.get_running_loop()
     sent, sends = 0, []

@@ -30,6 +30,7 @@ from shared.bus import (
     Records,
     Rejected,
     create_broker,
+    headerless_batch,
     raw_records,
 )
 from shared.grpc_server import GrpcEndpoint, Registration, start_grpc_server
@@ -110,6 +111,7 @@ class ServiceRuntime:
         fetch: FetchSizes | None = None,
         consumers: int = 1,
         heartbeat_interval_ms: int = 3000,
+        record_headers: bool = True,
     ) -> None:
         """`consume_batches` for several topics with one consumer (one group member: a start is one
         join, not a rebalance per topic). A batch's records go, topic by topic, through their route's
@@ -119,7 +121,10 @@ class ServiceRuntime:
         the partitions: FastStream handles one batch at a time per consumer, so one member's batch is
         fetched and checked while another's handler awaits its sink. Members join one after another, and
         each learns of the rebalance a join starts at its next heartbeat (`heartbeat_interval_ms`,
-        aiokafka's default 3 s): until then the first member holds every partition."""
+        aiokafka's default 3 s): until then the first member holds every partition.
+
+        Without `record_headers` FastStream's batch message leaves out the records' headers (bus.py's
+        headerless_batch): for bulk consumers, whose batch spans then link to no request's trace."""
         if consumers < 1:
             raise ValueError(f"consumers must be at least 1, got {consumers}")
         fetch = fetch or FetchSizes()
@@ -147,6 +152,7 @@ class ServiceRuntime:
                 batch_timeout_ms=BATCH_POLL_TIMEOUT_MS,
                 ack_policy=AckPolicy.NACK_ON_ERROR,  # commit after the batch, never past unprocessed work
                 decoder=raw_records,
+                parser=None if record_headers else headerless_batch,
                 auto_offset_reset="earliest",
                 title=title if consumers == 1 else f"{title}:{member + 1}",
                 fetch_max_bytes=fetch.fetch_max_bytes,

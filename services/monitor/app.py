@@ -284,6 +284,7 @@ def create_app(
         title="monitor:telemetry",
         consumers=settings.consumers,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        record_headers=False,  # handlers read the records' own headers; batch spans link no request
         fetch=FetchSizes(
             fetch_max_bytes=settings.fetch_max_bytes,
             max_partition_fetch_bytes=settings.max_partition_fetch_bytes,

@@ -1,5 +1,6 @@
 """ServiceRuntime's batch consumers: a record that arrives after a quiet spell is handed over by the
-poll that is waiting, not after a blind sleep; several consumers of one process are members of its group.
+poll that is waiting, not after a blind sleep; several consumers of one process are members of its group;
+a bulk consumer's batch message leaves out the records' headers.
 
 FastStream's batch subscriber polls with getmany(timeout_ms=batch_timeout_ms) and sleeps
 batch_timeout_ms after a poll that came back empty. The fake consumer below behaves like aiokafka's
@@ -13,9 +14,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from aiokafka.structs import ConsumerRecord
+from faststream.kafka.message import KafkaAckableMessage
+from faststream.kafka.parser import AioKafkaBatchParser
 from llmops.query.v1.events_pb2 import QueryRequested
 
-from shared.bus import BATCH_POLL_TIMEOUT_MS
+from shared.bus import BATCH_POLL_TIMEOUT_MS, headerless_batch
 from shared.service import Route, ServiceRuntime
 from shared.settings import ServiceSettings
 
@@ -97,3 +101,40 @@ def test_consumers_must_be_at_least_one() -> None:
         runtime.consume_routes(
             {"probe.a": Route(QueryRequested, _noop)}, max_records=32, title="probe", consumers=0
         )
+
+
+def _record(offset: int, headers: tuple[tuple[str, bytes], ...]) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(
+        "probe.in", 0, offset, 1_700_000_000_000 + offset, 0, b"k", f"v{offset}".encode(), None, 1, 2, headers
+    )
+
+
+async def test_a_headerless_batch_is_faststreams_message_without_the_records_headers() -> None:
+    headers = (("event-type", b"llmops.query.v1.QueryRequested"), ("traceparent", b"00-ab-cd-01"))
+    records = tuple(_record(offset, headers) for offset in range(10, 14))
+    parser = AioKafkaBatchParser(msg_class=KafkaAckableMessage, regex=None)
+    parsed: list[tuple[Any, ...]] = []
+
+    async def parse(batch: tuple[Any, ...]) -> Any:
+        parsed.append(batch)
+        return await parser.parse_batch(batch)
+
+    message = await headerless_batch(records, parse)
+    assert parsed == [records[:1]]  # FastStream decodes one record's headers, not every record's
+    assert message.raw_message == records and message.body == [b"v10", b"v11", b"v12", b"v13"]
+    assert message.headers == {} and message.batch_headers == []
+    assert message.message_id == f"10-13-{records[0].timestamp}"
+    assert isinstance(message, KafkaAckableMessage)  # acknowledged as FastStream's own batch message
+    assert records[3].headers == headers  # handlers still read each record's headers
+
+
+def test_a_bulk_consumer_takes_the_headerless_parser() -> None:
+    parsers = []
+    for record_headers in (False, True):
+        runtime = ServiceRuntime(ServiceSettings(service_name="probe", group_id="probe"))
+        routes = {"probe.in": Route(QueryRequested, _noop)}
+        runtime.consume_routes(routes, max_records=32, title="probe", record_headers=record_headers)
+        (subscriber,) = runtime.broker.subscribers
+        # FastStream composes a subscriber's parser with its own (ParserComposition): ours gets both
+        parsers.append(subscriber._call_options.parser)
+    assert parsers == [headerless_batch, None]
