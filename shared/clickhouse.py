@@ -30,7 +30,7 @@ from shared.errors import RetryableError
 
 Columns = Sequence[str]
 Rows = Sequence[Sequence[Any]]
-Settings = Mapping[str, int | str]  # query-level settings of one statement
+QuerySettings = Mapping[str, int | str]  # query-level settings of one statement
 
 
 class ClickHouseUnavailable(RetryableError):
@@ -44,7 +44,7 @@ class ClickHouse(Protocol):
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Rows of a SELECT; parameters use ClickHouse's {name:Type} placeholders."""
 
-    def insert(self, table: str, columns: Columns, rows: Rows, settings: Settings | None = None) -> None:
+    def insert(self, table: str, columns: Columns, rows: Rows, settings: QuerySettings | None = None) -> None:
         """Append rows to a table, with the query-level `settings` given."""
 
     def insert_protobuf(self, table: str, data: bytes, schema: str, message: str) -> None:
@@ -64,7 +64,7 @@ def sql_string(text: str) -> str:
     return "'" + text.translate(_ESCAPES) + "'"
 
 
-def settings_clause(settings: Settings | None) -> str:
+def settings_clause(settings: QuerySettings | None) -> str:
     """` SETTINGS name = value, ...` for a statement, or '' for none."""
     if not settings:
         return ""
@@ -170,7 +170,7 @@ class ChdbClickHouse:
             return []
         return [tuple(row) for row in json.loads(text)["data"]]
 
-    def insert(self, table: str, columns: Columns, rows: Rows, settings: Settings | None = None) -> None:
+    def insert(self, table: str, columns: Columns, rows: Rows, settings: QuerySettings | None = None) -> None:
         """One INSERT of all rows, column-oriented: one JSON document `[[column 1], [column 2], ...]`
         (FORMAT JSONCompactColumns) written by orjson and streamed in with send_insert, so no per-row
         Python encoding and no SQL parsing of the data."""
@@ -247,7 +247,7 @@ class ServerClickHouse:
                 raise ClickHouseUnavailable(str(exc)) from exc
             raise
 
-    def insert(self, table: str, columns: Columns, rows: Rows, settings: Settings | None = None) -> None:
+    def insert(self, table: str, columns: Columns, rows: Rows, settings: QuerySettings | None = None) -> None:
         if not rows:
             return
         try:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from services.monitor.domain import Row, newest_per_request
-from shared.clickhouse import ClickHouse, ClickHouseUnavailable, Settings
+from shared.clickhouse import ClickHouse, ClickHouseUnavailable, QuerySettings
 
 log = logging.getLogger(__name__)
 
@@ -458,7 +458,7 @@ class MonitorStore:
 
     # --- writes ----------------------------------------------------------------------------------
 
-    def insert_rows(self, table: str, rows: Sequence[Row], settings: Settings | None = None) -> int:
+    def insert_rows(self, table: str, rows: Sequence[Row], settings: QuerySettings | None = None) -> int:
         columns = TABLE_COLUMNS[table]
         if rows:
             self.db.insert(table, columns, [[row[c] for c in columns] for row in rows], settings)

@@ -20,7 +20,13 @@ from llmops.query.v1.query_pb2 import FailureReason, RetrievedChunk, StageTiming
 from services.monitor import domain
 from services.monitor.redaction import RedactionPolicy
 from services.monitor.store import MonitorStore, Retention, StoreRunner, Window
-from shared.clickhouse import ChdbClickHouse, ClickHouse, ClickHouseUnavailable, bind_parameters
+from shared.clickhouse import (
+    ChdbClickHouse,
+    ClickHouse,
+    ClickHouseUnavailable,
+    bind_parameters,
+    settings_clause,
+)
 from shared.events import new_meta
 
 NOW = datetime.now(UTC)
@@ -314,6 +320,13 @@ def test_bind_parameters_write_what_clickhouse_connect_writes(value: Any) -> Non
     from clickhouse_connect.driver.binding import format_bind_value
 
     assert bind_parameters({"p": value}) == {"p": str(format_bind_value(value))}
+
+
+def test_settings_clause_quotes_text_and_writes_numbers() -> None:
+    assert settings_clause(None) == settings_clause({}) == ""
+    assert settings_clause({"optimize_on_insert": 0, "format_schema": "/a b/it's.proto:M"}) == (
+        " SETTINGS optimize_on_insert = 0, format_schema = '/a b/it\\'s.proto:M'"
+    )
 
 
 def test_columnar_insert_keeps_times_nulls_maps_and_arrays(store: MonitorStore) -> None:
