@@ -10,7 +10,9 @@ stages, gRPC, (de)serialisation and waiting in consumers' poll loops.
 Monitor on vs off: the same sequential Query loop in many short alternating blocks (ABBA: off on, on
 off, ...). One monitor process consumes the query path's topics into chdb; it is started once and
 caught up, then switched off for an off block by SIGSTOP (frozen: no CPU, no fetches) and on again by
-SIGCONT, after which it catches up with the answers of the off block before the on block starts. Short
+SIGCONT, after which it catches up with the answers of the off block before the on block starts. Every
+block, on or off, starts after the same pause of the query path (BLOCK_PAUSE_S), within which a resumed
+monitor catches up. Short
 blocks (a second or two, well inside the consumer's session timeout, so no rebalance) follow load
 drifts on a shared machine; each off/on pair gives a ratio of its block medians, and the row reports
 the median of the per-pair ratios with their interquartile range. The first row uses the off blocks.
@@ -59,6 +61,12 @@ SERVICES = ("embedder", "retriever", "generator", "gateway")
 MONITOR_GRPC_PORT = PORT_BASE + 155
 SETTLE_S = 5.0  # after the monitor started and caught up, before the first block
 RESUME_SETTLE_S = 0.2  # after a resumed monitor caught up, before an on block
+# Every block starts after the same pause of the query path, whatever its mode; a resumed monitor
+# catches up within it. With a pause only before the on blocks that follow an off block (the catch-up),
+# the first query after it was 10-15 ms slower than the rest of its block, and those on blocks' p50
+# 3-9 ms above the on blocks that follow an on block (five runs): a cost of pausing, set against the
+# monitor.
+BLOCK_PAUSE_S = 1.5
 # Off/on block pairs, in ABBA order (off on, on off, ...) so a drift in load cancels out; with the
 # default 200 queries a block is 10 queries (~1 s), far below the consumer's session timeout while frozen.
 PAIRS = 20
@@ -142,6 +150,21 @@ def _signal(monitor: ManagedProcess, sig: signal.Signals) -> None:
     os.kill(pid, sig)
 
 
+async def _pause_and_switch(monitor: ManagedProcess, mode: str, running: bool, answered: int) -> float | None:
+    """Freeze or resume the monitor for a block of `mode`, within the pause every block starts after;
+    the seconds a resumed monitor took to catch up (None when it was not resumed)."""
+    started = time.perf_counter()
+    catch_up: float | None = None
+    if mode == "on" and not running:
+        _signal(monitor, signal.SIGCONT)
+        catch_up = await _caught_up(answered)
+    elif mode == "off" and running:
+        _signal(monitor, signal.SIGSTOP)
+    settle_s = RESUME_SETTLE_S if catch_up is not None else 0.0
+    await asyncio.sleep(max(BLOCK_PAUSE_S - (time.perf_counter() - started), settle_s))
+    return catch_up
+
+
 async def _measure(
     target: str, api_key: str, queries: int, monitor: ManagedProcess
 ) -> tuple[dict[str, list[list[float]]], list[float], list[float], list[float], float]:
@@ -171,14 +194,10 @@ async def _measure(
         running = True
         try:
             for n, mode in enumerate(ORDER):
-                if mode == "on" and not running:
-                    _signal(monitor, signal.SIGCONT)
-                    running = True
-                    catch_up_s.append(await _caught_up(answered))
-                    await asyncio.sleep(RESUME_SETTLE_S)
-                elif mode == "off" and running:
-                    _signal(monitor, signal.SIGSTOP)
-                    running = False
+                catch_up = await _pause_and_switch(monitor, mode, running, answered)
+                running = mode == "on"
+                if catch_up is not None:
+                    catch_up_s.append(catch_up)
                 wall_ms: list[float] = []
                 cpu_before, block_started = _cpu_s(monitor.pid()), time.perf_counter()
                 for i in range(queries):  # one at a time: latency, not throughput
@@ -385,7 +404,8 @@ def run_e2e(queries: int = 200) -> tuple[list[Row], dict[str, Any]]:
     monitor_notes = (
         f"{PAIRS} pairs of blocks of {block} sequential gRPC Query calls, monitor off and on in ABBA order "
         "(one monitor process, frozen by SIGSTOP for off blocks, resumed by SIGCONT and caught up with "
-        "every answer before on blocks); ratio = median over pairs of on p50 / off p50, interquartile "
+        f"every answer before on blocks; every block after a {BLOCK_PAUSE_S:g} s pause of the query path); "
+        "ratio = median over pairs of on p50 / off p50, interquartile "
         f"range {q1:.3f}-{q3:.3f}, min {min(ratios):.3f}, max {max(ratios):.3f}; p50 over all blocks off "
         f"{statistics.median(off_all):.1f} ms, on {statistics.median(on_all):.1f} ms (ratio "
         f"{statistics.median(on_all) / statistics.median(off_all):.3f}, 95% pair-bootstrap interval "
