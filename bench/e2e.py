@@ -48,7 +48,7 @@ from llmops.ingest.v1.document_pb2 import Document
 from llmops.monitor.v1 import monitor_service_pb2 as monitor_pb
 from llmops.monitor.v1 import monitor_service_pb2_grpc as monitor_grpc
 
-from bench.monitor import make_events, produce_events
+from bench.monitor import COMPRESSION, make_events, produce_events
 from bench.report import Row, rate, status
 from services.cli.stack import service_process
 from services.gateway.auth import issue_key
@@ -321,6 +321,7 @@ def run_e2e(queries: int = 200) -> tuple[list[Row], dict[str, Any]]:
             "LLMOPS_TENANTS_KNOWN": TENANT,
             "LLMOPS_WEAVIATE_COLLECTION": "BenchE2e",
             "LLMOPS_GATEWAY_API_KEYS_FILE": str(keys_file),
+            "LLMOPS_KAFKA_COMPRESSION_TYPE": COMPRESSION,  # as the monitor benchmark's producers
         }
         procs = [
             service_process(

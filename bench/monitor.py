@@ -59,11 +59,9 @@ from services.monitor.__main__ import tune_gc
 from services.monitor.redaction import RedactionPolicy
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import REQUEST_COLUMNS, MonitorStore
-from shared.bus import producer_compression
 from shared.clickhouse import ChdbClickHouse
 from shared.events import event_headers, new_meta
 from shared.infra.stack import Stack
-from shared.settings import KafkaSettings
 from shared.topics import QUERY_ANSWERED
 
 PORT_BASE = 37000  # others: 19000 (make run), 29000 (tests), 33000-36000 (other benchmarks)
@@ -72,8 +70,9 @@ LAG_TENANT = "bench-lag"
 LAG_RATE = 1000  # events/s in the lag phase: steady traffic well below the sink's capacity
 LAG_SECONDS = 15.0
 BATCH = MonitorSettings().max_batch_records
-# The bench's producers stand in for the generator: its batches compressed as the platform's are.
-COMPRESSION = producer_compression(KafkaSettings())
+# The platform as a deployment whose consumers all read LZ4 runs it (LLMOPS_KAFKA_COMPRESSION_TYPE=lz4;
+# the default is none, for clients such as kafkajs): the bench's producers stand in for the generator.
+COMPRESSION = "lz4"
 STUB: Any = pb_grpc.MonitorServiceStub  # grpcio-tools writes no types for *_pb2_grpc
 
 
@@ -424,7 +423,7 @@ def run_monitor(events: int = 100_000, repeats: int = 2) -> tuple[list[Row], dic
     d = statistics.median(unjudged_rates)
     notes = (
         f"QueryAnswered ~{payload_bytes:,.0f} B (5 chunks of ~60 words, 5 timings), produced as the "
-        f"generator's records ({COMPRESSION or 'uncompressed'} batches of up to 16 KiB, FastStream's "
+        f"generator's records ({COMPRESSION} batches of up to 16 KiB, FastStream's "
         f"headers), N={events:,} per run, "
         f"median of {repeats} (A runs {', '.join(f'{r:,.0f}' for r in monitor_rates)}; B runs "
         f"{', '.join(f'{r:,.0f}' for r in raw_rates)}); A = one monitor process, chdb, batches of up to "

@@ -44,11 +44,12 @@ class KafkaSettings(BaseSettings):
     acks: Literal["all", "1", "0"] = Field(
         default="all", description="Producer acknowledgement level; 'all' waits for min.insync.replicas."
     )
-    compression_type: Literal["lz4", "zstd", "gzip", "snappy", "none"] = Field(
-        default="lz4",
-        description="Compression of the record batches this service produces (Kafka's compression.type); "
-        "consumers read any. lz4 costs producers little and cuts what brokers store and consumers read: "
-        "the monitor drains realistic answers ~1.2x faster than uncompressed (README, monitor sink).",
+    compression_type: Literal["none", "lz4", "zstd", "gzip", "snappy"] = Field(
+        default="none",
+        description="Compression of the record batches this service produces (Kafka's compression.type), "
+        "reply topics included. none: any Kafka client reads them (kafkajs reads no LZ4, Snappy or "
+        "ZSTD without a codec of its own). lz4 where every consumer reads it (Java, librdkafka, aiokafka): "
+        "producers pay little, and the monitor drains realistic answers ~1.2x faster (README, monitor sink).",
     )
 
     def sasl_secret(self) -> SecretStr:
