@@ -49,7 +49,7 @@ class KafkaSettings(BaseSettings):
         description="Compression of the record batches this service produces (Kafka's compression.type), "
         "reply topics included. none: any Kafka client reads them (kafkajs reads no LZ4, Snappy or "
         "ZSTD without a codec of its own). lz4 where every consumer reads it (Java, librdkafka, aiokafka): "
-        "producers pay little, and the monitor drains realistic answers ~1.2x faster (README, monitor sink).",
+        "producers pay little, and brokers store and consumers read fewer bytes (README, monitor sink).",
     )
 
     def sasl_secret(self) -> SecretStr:
