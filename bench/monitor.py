@@ -70,8 +70,8 @@ LAG_TENANT = "bench-lag"
 LAG_RATE = 1000  # events/s in the lag phase: steady traffic well below the sink's capacity
 LAG_SECONDS = 15.0
 BATCH = MonitorSettings().max_batch_records
-# The platform as a deployment whose consumers all read LZ4 runs it (LLMOPS_KAFKA_COMPRESSION_TYPE=lz4;
-# the default is none, for clients such as kafkajs): the bench's producers stand in for the generator.
+# The bench's producers stand in for the generator of a deployment whose consumers all read LZ4
+# (LLMOPS_KAFKA_COMPRESSION_TYPE=lz4; the platform's default is none, for clients such as kafkajs).
 COMPRESSION = "lz4"
 STUB: Any = pb_grpc.MonitorServiceStub  # grpcio-tools writes no types for *_pb2_grpc
 

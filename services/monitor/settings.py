@@ -72,7 +72,7 @@ class MonitorSettings(ServiceSettings):
     fetch_min_bytes: int = Field(
         default=128 * 1024,
         description="Bytes a fetch waits for at the broker, up to fetch_max_wait_ms (Kafka's "
-        "fetch.min.bytes; the record batches as stored, lz4-compressed by the platform's producers), per "
+        "fetch.min.bytes; the record batches as stored, compressed when the producers compress them), per "
         "consumer: light traffic is inserted in a few batches a second rather than "
         "one per event (each INSERT costs the engine a part and merges; the query path shares the CPUs). "
         "With the default 2 consumers the process inserts about every 256 KiB of answers, and a consumer "
