@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for bench.gpu.gemma_weights
 
-from bench.gpu.gemma_weights import MissingPiece, load_gemma, locate_gguf
+from bench.gpu.gemma_weights import MissingPiece, load_gemma, locate_gguf, require_gguf_reader
 
 PROMPT = """Answer the question using the passages below. Cite the passages you use by their number in brackets, for example [1].
 
@@ -58,18 +59,19 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 """
 
 # The Triton model, written into a temporary model repository. Each execute() gets the requests the
-# dynamic batcher gathered and runs one batched generate(); a streamer sends each row's new text.
-MODEL_PY = r'''
+# dynamic batcher gathered and hands them to gemma_worker.py as one batch (one generate()); each piece
+# the worker streams back goes out through its request's response sender. The stub itself touches no
+# torch (gemma_worker.py's docstring says why the model runs in a worker process).
+MODEL_PY = r"""
 import json
 import os
+import subprocess
 import sys
 
-sys.path[:0] = [p for p in os.environ.get("BENCH_PYTHONPATH", "").split(os.pathsep) if p]
+sys.path[:0] = [p for p in os.environ.get("BENCH_STUB_PYTHONPATH", "").split(os.pathsep) if p]
 
 import numpy as np
-import torch
 import triton_python_backend_utils as pb_utils
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def _response(text):
@@ -82,40 +84,22 @@ def _scalar(request, name):
     return None if tensor is None else tensor.as_numpy().reshape(-1)[0]
 
 
-class _Streamer:
-    """generate() calls put() with the prompt ids, then with each step's new token of every row."""
-
-    def __init__(self, tokenizer, senders, limits):
-        self.tokenizer, self.senders, self.limits = tokenizer, senders, limits
-        self.ids = [[] for _ in senders]
-        self.sent = [0] * len(senders)
-        self.prompt_seen = False
-
-    def put(self, value):
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        for row, token in enumerate(value.reshape(-1).tolist()):
-            if len(self.ids[row]) >= self.limits[row]:
-                continue
-            self.ids[row].append(token)
-            text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
-            if len(text) > self.sent[row] and not text.endswith("\ufffd"):
-                self.senders[row].send(_response(text[self.sent[row]:]))
-                self.sent[row] = len(text)
-
-    def end(self):
-        pass
-
-
 class TritonPythonModel:
     def initialize(self, args):
-        path = os.environ["BENCH_GGUF"]
-        folder, name = os.path.dirname(path), os.path.basename(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        self.tokenizer.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.bfloat16)
-        self.model = self.model.to("cuda:0").eval()
+        env = {**os.environ, "PYTHONPATH": os.environ["BENCH_WORKER_PYTHONPATH"]}
+        self.worker = subprocess.Popen(
+            [os.environ["BENCH_PYTHON"], os.environ["BENCH_WORKER"]],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1,
+        )
+        self._read()  # {"ready": true} once the weights are on the device
+
+    def _read(self):
+        while True:
+            line = self.worker.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the generation worker exited ({self.worker.poll()})")
+            if line.startswith("{"):  # anything else is a library writing to stdout
+                return json.loads(line)
 
     def execute(self, requests):
         prompts, limits, senders, ignore_eos = [], [], [], False
@@ -128,18 +112,18 @@ class TritonPythonModel:
             limits.append(int(sampling.get("max_tokens", 64 if max_tokens is None else max_tokens)))
             ignore_eos = ignore_eos or bool(sampling.get("ignore_eos", False))
             senders.append(request.get_response_sender())
-        batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to("cuda:0")
-        with torch.inference_mode():
-            self.model.generate(
-                **batch,
-                max_new_tokens=max(limits),
-                min_new_tokens=max(limits) if ignore_eos else 0,
-                do_sample=False,
-                streamer=_Streamer(self.tokenizer, senders, limits),
-            )
+        job = {"prompts": prompts, "limits": limits, "ignore_eos": ignore_eos}
+        self.worker.stdin.write(json.dumps(job) + "\n")
+        self.worker.stdin.flush()
+        while "done" not in (message := self._read()):
+            senders[message["row"]].send(_response(message["text"]))
         for sender in senders:
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-'''
+
+    def finalize(self):
+        self.worker.terminate()
+        self.worker.wait(timeout=30)
+"""
 
 
 def assemble_gguf(workdir: Path) -> Path:
@@ -147,30 +131,49 @@ def assemble_gguf(workdir: Path) -> Path:
     return locate_gguf(workdir)
 
 
-def load_hf(gguf: Path) -> tuple[Any, Any]:
-    return load_gemma(gguf, "cuda:0", padding_side="left")
-
-
-def hf_tokens_per_s(tokenizer: Any, model: Any, concurrency: int, new_tokens: int) -> float:
-    """The plain loop: one generate() over `concurrency` prompts, `new_tokens` each."""
+def synchronize(device: str) -> None:
     import torch
 
-    batch = tokenizer([PROMPT] * concurrency, return_tensors="pt", padding=True).to("cuda:0")
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def hf_tokens_per_s(
+    tokenizer: Any, model: Any, device: str, concurrency: int, new_tokens: int
+) -> tuple[float, str]:
+    """The plain loop: one generate() over `concurrency` prompts, `new_tokens` each; tokens/s and the
+    first row's text."""
+    import torch
+
+    batch = tokenizer([PROMPT] * concurrency, return_tensors="pt", padding=True).to(device)
     with torch.inference_mode():
-        model.generate(**batch, max_new_tokens=8, min_new_tokens=8, do_sample=False)  # warm-up
-        torch.cuda.synchronize()
+        # Warm-up: the same run as the timed one, as the Triton side warms up with a full request.
+        model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        synchronize(device)
         started = time.perf_counter()
         out = model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        torch.cuda.synchronize()
-    generated = int(out.shape[1] - batch["input_ids"].shape[1]) * concurrency
-    return generated / (time.perf_counter() - started)
+        synchronize(device)
+    elapsed = time.perf_counter() - started
+    prompt_len = batch["input_ids"].shape[1]
+    text = tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
+    return int(out.shape[1] - prompt_len) * concurrency / elapsed, text
 
 
-def start_triton(workdir: Path, gguf: Path, grpc_port: int, http_port: int) -> subprocess.Popen[bytes]:
-    """tritonserver from nvidia-pytriton with the python backend stub of this interpreter."""
-    import pytriton
+def start_triton(
+    workdir: Path, gguf: Path, ports: tuple[int, int], device: str, stub_paths: list[Path]
+) -> subprocess.Popen[bytes]:
+    """tritonserver from nvidia-pytriton with the python backend stub of this interpreter.
 
-    bundled = Path(pytriton.__file__).parent / "tritonserver"
+    `ports` are (http, grpc). `stub_paths` go first on the stub's sys.path: tritonserver 2.51's python
+    backend answers "Stub process is not healthy" at the first execute() under numpy 2.x (seen with
+    2.5.5; 1.26.4 works), and GPU images ship numpy 2, so a numpy<2 is put there for the stub alone."""
+    http_port, grpc_port = ports
+    # Found, not imported: importing pytriton pulls in its client's dependencies (gevent, ...).
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingPiece("nvidia-pytriton is missing: bring its wheel (see README.md)")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    bundled = package / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     backend = workdir / "backends" / "python"
     backend.mkdir(parents=True)
@@ -181,15 +184,21 @@ def start_triton(workdir: Path, gguf: Path, grpc_port: int, http_port: int) -> s
     (model_dir / "1").mkdir(parents=True)
     (model_dir / "config.pbtxt").write_text(CONFIG_PBTXT)
     (model_dir / "1" / "model.py").write_text(MODEL_PY)
-    site = sysconfig.get_paths()["purelib"]
-    libs = [sysconfig.get_config_var("LIBDIR"), f"{site}/nvidia_pytriton.libs"]
+    path = [str(Path(p).resolve()) for p in sys.path if p]
+    libs = [sysconfig.get_config_var("LIBDIR"), str(package.parent / "nvidia_pytriton.libs")]
     libs.append(os.environ.get("LD_LIBRARY_PATH", ""))
     env = {
         **os.environ,
         # The stub links libpython by soname and ignores PYTHONPATH: name this interpreter's.
         "LD_LIBRARY_PATH": ":".join(p for p in libs if p),
-        "BENCH_PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        # Absolute: the stub and the worker run in other working directories.
+        # The stub finds numpy and Triton's utilities there; `stub_paths` (numpy<2) come first.
+        "BENCH_STUB_PYTHONPATH": os.pathsep.join([*(str(p.resolve()) for p in stub_paths), *path]),
+        "BENCH_WORKER_PYTHONPATH": os.pathsep.join(path),
+        "BENCH_PYTHON": sys.executable,
+        "BENCH_WORKER": str(Path(__file__).resolve().parent / "gemma_worker.py"),
         "BENCH_GGUF": str(gguf),
+        "BENCH_DEVICE": device,
     }
     log = (workdir / "triton.log").open("wb")
     return subprocess.Popen(
@@ -225,8 +234,9 @@ def wait_ready(proc: subprocess.Popen[bytes], http_port: int, log: Path, timeout
     raise RuntimeError(f"{MODEL_NAME} not ready after {timeout_s:.0f}s:\n{log.read_text()[-4000:]}")
 
 
-async def triton_tokens_per_s(url: str, concurrency: int, new_tokens: int) -> tuple[float, float]:
-    """`concurrency` simultaneous gRPC streams; aggregate tokens/s and the mean time to first piece."""
+async def triton_tokens_per_s(url: str, concurrency: int, new_tokens: int) -> tuple[float, float, str]:
+    """`concurrency` simultaneous gRPC streams: aggregate tokens/s, the mean time to first piece, and the
+    text the first stream received."""
     import numpy as np
     import tritonclient.grpc.aio as triton_aio
     from tritonclient.grpc import InferInput
@@ -238,7 +248,7 @@ async def triton_tokens_per_s(url: str, concurrency: int, new_tokens: int) -> tu
 
     sampling = json.dumps({"max_tokens": new_tokens, "ignore_eos": True}).encode()
 
-    async def one(client: Any) -> float:
+    async def one(client: Any) -> tuple[float, str]:
         inputs = [
             tensor("text_input", PROMPT.encode(), "BYTES", np.object_),
             tensor("sampling_parameters", sampling, "BYTES", np.object_),
@@ -253,67 +263,104 @@ async def triton_tokens_per_s(url: str, concurrency: int, new_tokens: int) -> tu
 
         started = time.perf_counter()
         first = 0.0
+        pieces: list[str] = []
         async for result, error in client.stream_infer(requests(), stream_timeout=300):
             if error is not None:
                 raise RuntimeError(str(error))
             if not first:
                 first = time.perf_counter() - started
+            output = result.as_numpy("text_output")
+            if output is not None:
+                pieces.extend(piece.decode("utf-8") for piece in output.reshape(-1))
             if result.get_response().parameters["triton_final_response"].bool_param:
                 break
-        return first
+        return first, "".join(pieces)
 
     clients = [triton_aio.InferenceServerClient(url) for _ in range(concurrency)]
     try:
         await asyncio.gather(*(one(c) for c in clients))  # warm-up
         started = time.perf_counter()
-        firsts = await asyncio.gather(*(one(c) for c in clients))
+        streams = await asyncio.gather(*(one(c) for c in clients))
         wall = time.perf_counter() - started
     finally:
         for client in clients:
             await client.close()
-    return concurrency * new_tokens / wall, sum(firsts) / len(firsts)
+    firsts = [first for first, _ in streams]
+    return concurrency * new_tokens / wall, sum(firsts) / len(firsts), streams[0][1]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--port-base", type=int, default=38000)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--device",
+        default="cuda:0",
+        help="cuda:N (default cuda:0); cpu only checks the code (its timings mean nothing)",
+    )
+    parser.add_argument(
+        "--stub-path",
+        type=Path,
+        action="append",
+        default=[],
+        help="a folder put first on the python backend stub's sys.path, e.g. one holding numpy<2 "
+        "(repeatable)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
-    if not torch.cuda.is_available():
-        print("error: this benchmark needs a CUDA GPU", file=sys.stderr)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: this benchmark needs a CUDA GPU (or --device cpu to check the code)", file=sys.stderr)
         return 1
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU (code check)"
     workdir = Path(tempfile.mkdtemp(prefix="gemma-gpu-bench-"))
-    rows: list[dict[str, Any]] = []  # engine, concurrency, tokens_per_s[, ttft_s]
+    rows: list[dict[str, Any]] = []  # engine, concurrency, tokens_per_s[, ttft_s, same_text_as_transformers]
+    hf_texts: dict[int, str] = {}
     proc = None
     try:
         try:
             gguf = assemble_gguf(workdir)
+            require_gguf_reader()  # before anything starts, not in the middle of it
         except MissingPiece as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         grpc_port, http_port = args.port_base + 1, args.port_base
-        proc = start_triton(workdir, gguf, grpc_port, http_port)  # loads while the baseline runs
+        # Triton's model loads in its stub process while the baseline loads and runs here.
+        proc = start_triton(workdir, gguf, (http_port, grpc_port), args.device, args.stub_path)
         started = time.perf_counter()
-        tokenizer, model = load_hf(gguf)
+        tokenizer, model = load_gemma(gguf, args.device)
         print(f"transformers load: {time.perf_counter() - started:.1f}s", flush=True)
+        # Measure only once Triton's worker has loaded too: its GGUF dequantization runs on the CPU,
+        # and generate() at these sizes is bound by the CPU launching kernels.
+        ready_s = wait_ready(proc, http_port, workdir / "triton.log", timeout_s=400)
+        print(f"triton ready {ready_s:.1f}s after the baseline loaded", flush=True)
         for concurrency in args.concurrency:
-            rate = hf_tokens_per_s(tokenizer, model, concurrency, args.new_tokens)
+            rate, text = hf_tokens_per_s(tokenizer, model, args.device, concurrency, args.new_tokens)
+            hf_texts[concurrency] = text
             rows.append({"engine": "transformers generate", "concurrency": concurrency, "tokens_per_s": rate})
             print(rows[-1], flush=True)
         del model
-        torch.cuda.empty_cache()
-        ready_s = wait_ready(proc, http_port, workdir / "triton.log", timeout_s=400)
-        print(f"triton ready {ready_s:.1f}s after the baseline", flush=True)
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
         for concurrency in args.concurrency:
             url = f"127.0.0.1:{grpc_port}"
-            rate, ttft = asyncio.run(triton_tokens_per_s(url, concurrency, args.new_tokens))
+            rate, ttft, text = asyncio.run(triton_tokens_per_s(url, concurrency, args.new_tokens))
+            # Both decode greedily from the same weights: the texts should agree (bf16 batched kernels may
+            # differ in the last bits, so a mismatch is reported, not fatal).
             rows.append(
-                {"engine": "tritonserver", "concurrency": concurrency, "tokens_per_s": rate, "ttft_s": ttft}
+                {
+                    "engine": "tritonserver",
+                    "concurrency": concurrency,
+                    "tokens_per_s": rate,
+                    "ttft_s": ttft,
+                    "same_text_as_transformers": text == hf_texts.get(concurrency),
+                }
             )
             print(rows[-1], flush=True)
     finally:
@@ -324,7 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         if (workdir / "triton.log").exists():
             shutil.copy2(workdir / "triton.log", args.out / "triton.log")
         shutil.rmtree(workdir, ignore_errors=True)
-    result = {"device": device, "new_tokens": args.new_tokens, "prompt_chars": len(PROMPT), "rows": rows}
+    result = {
+        "device": device,
+        "new_tokens": args.new_tokens,
+        "prompt_chars": len(PROMPT),
+        "rows": rows,
+        "transformers_text": hf_texts,
+    }
     (args.out / "gemma_gpu_bench.json").write_text(json.dumps(result, indent=2))
     print(f"\n{device}, Gemma 3 270M (GGUF Q4_K_M dequantized to bf16), {args.new_tokens} new tokens, greedy")
     print("| engine | concurrency | tokens/s | first piece (s) |\n|---|---|---|---|")

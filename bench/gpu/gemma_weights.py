@@ -104,6 +104,25 @@ def require_gguf_reader() -> None:
         ) from None
 
 
+# Gemma's tokenizer encodes this as BOS + 11 tokens. transformers 5.17.0 builds the GGUF's tokenizer
+# without its merges and BOS (23 ids, near letter by letter): the model then reads garbage.
+TOKENIZER_PROBE = "What caps the parallelism of a Kafka consumer group?"
+TOKENIZER_PROBE_MAX_IDS = 16
+
+
+def check_tokenizer(tokenizer: Any) -> None:
+    """Refuse a tokenizer that transformers converted from the GGUF wrongly (see TOKENIZER_PROBE)."""
+    import transformers
+
+    ids = tokenizer(TOKENIZER_PROBE)["input_ids"]
+    if len(ids) > TOKENIZER_PROBE_MAX_IDS or ids[0] != tokenizer.bos_token_id:
+        raise MissingPiece(
+            f"transformers {transformers.__version__} converts Gemma's GGUF tokenizer wrongly "
+            f"({len(ids)} ids for a sentence Gemma encodes in 12, first id {ids[0]}): bring a newer "
+            "transformers wheel (5.24.0 is right; 5.17.0 is not), see bench/gpu/README.md"
+        )
+
+
 def load_gemma(gguf: Path, device: str, *, dtype: Any = None, padding_side: str = "left") -> tuple[Any, Any]:
     """(tokenizer, model): the GGUF dequantized to a dense model in `dtype` (bf16 by default) on
     `device`, in eval mode."""
@@ -113,6 +132,7 @@ def load_gemma(gguf: Path, device: str, *, dtype: Any = None, padding_side: str 
     require_gguf_reader()
     dtype = torch.bfloat16 if dtype is None else dtype
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    check_tokenizer(tokenizer)
     tokenizer.padding_side = padding_side
     kwargs: dict[str, Any] = {"dtype": dtype}
     try:  # newer transformers can keep GGUF weights packed (not trainable, other kernels): ask for dense

@@ -157,6 +157,29 @@ def test_a_missing_gguf_reader_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
         gemma_weights.require_gguf_reader()
 
 
+class _Tokenizer:
+    """A stand-in with the two things check_tokenizer reads."""
+
+    bos_token_id = 2
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+    def __call__(self, text: str) -> dict[str, list[int]]:
+        return {"input_ids": self.ids}
+
+
+def test_a_wrongly_converted_gguf_tokenizer_is_refused() -> None:
+    # What transformers 5.17.0 and 5.24.0 gave for the probe sentence with the Gemma GGUF.
+    broken = [2825, 502, 2146, 975, 494, 499, 510, 516, 712, 535, 1929, 529, *range(11)]
+    right = [2, 3689, 17126, 506, 145435, 529, 496, 75573, 11713, 2299, 236881]
+    gemma_weights.check_tokenizer(_Tokenizer(right))
+    with pytest.raises(gemma_weights.MissingPiece, match="converts Gemma's GGUF tokenizer wrongly"):
+        gemma_weights.check_tokenizer(_Tokenizer(broken))
+    with pytest.raises(gemma_weights.MissingPiece, match="first id 3689"):
+        gemma_weights.check_tokenizer(_Tokenizer(right[1:]))  # short enough, but no BOS
+
+
 def test_training_stops_at_the_time_budget(models_dir: Path) -> None:
     from peft import LoraConfig, get_peft_model
 
