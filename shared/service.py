@@ -9,9 +9,11 @@ graceful_timeout_s) and commit, then the process exits.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -52,6 +54,39 @@ class FetchSizes:
     max_partition_fetch_bytes: int = 1024 * 1024
     fetch_min_bytes: int = 1
     fetch_max_wait_ms: int = 500
+
+
+class LightTrafficLinger:
+    """Spaces out one consumer's small batches: a batch of fewer than `below_records` that follows
+    another such batch waits until `seconds` have passed since that one was handled.
+
+    A sink pays a fixed cost per write (a ClickHouse part, a rollup, a duplicate check), so a quiet
+    topic read as it trickles in costs a write per fetch; spacing the small batches cuts the writes,
+    at the price of up to about `seconds` more lag for that trickle. While a batch waits, aiokafka
+    holds one fetch per partition ready and leaves the rest on the broker, where the next fetch finds
+    it all: `below_records` must stay under what one fetch brings at moderate traffic, or the
+    consumer reads one fetch per wait and falls behind. A batch after a large one goes at once, so
+    the tail of a backlog is not held."""
+
+    def __init__(
+        self,
+        seconds: float,
+        below_records: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.seconds, self.below_records = seconds, below_records
+        self.clock, self.sleep = clock, sleep
+        self.previous_small_at: float | None = None  # when the last batch, if small, was handled
+
+    async def before(self, records: int) -> None:
+        if records < self.below_records and self.previous_small_at is not None:
+            wait = self.seconds - (self.clock() - self.previous_small_at)
+            if wait > 0:
+                await self.sleep(wait)
+
+    def after(self, records: int) -> None:
+        self.previous_small_at = self.clock() if records < self.below_records else None
 
 
 @dataclass(frozen=True)
@@ -112,6 +147,7 @@ class ServiceRuntime:
         consumers: int = 1,
         heartbeat_interval_ms: int = 3000,
         record_headers: bool = True,
+        linger: Callable[[], LightTrafficLinger] | None = None,
     ) -> None:
         """`consume_batches` for several topics with one consumer (one group member: a start is one
         join, not a rebalance per topic). A batch's records go, topic by topic, through their route's
@@ -124,12 +160,13 @@ class ServiceRuntime:
         aiokafka's default 3 s): until then the first member holds every partition.
 
         Without `record_headers` FastStream's batch message leaves out the records' headers (bus.py's
-        headerless_batch): for bulk consumers, whose batch spans then link to no request's trace."""
+        headerless_batch): for bulk consumers, whose batch spans then link to no request's trace.
+        `linger` makes each consumer's LightTrafficLinger (one per member: each spaces its own batches)."""
         if consumers < 1:
             raise ValueError(f"consumers must be at least 1, got {consumers}")
         fetch = fetch or FetchSizes()
 
-        async def on_batch(records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
+        async def handle_batch(records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
             by_topic: dict[str, list[ConsumerRecord[Any, Any]]] = {}
             for record in records:
                 by_topic.setdefault(record.topic, []).append(record)
@@ -142,6 +179,18 @@ class ServiceRuntime:
                     )
                 else:
                     await guard.process_batch(topic_records, route.message_type, route.handle)
+
+        def member_handler() -> Callable[[tuple[ConsumerRecord[Any, Any], ...]], Awaitable[None]]:
+            if linger is None:
+                return handle_batch
+            spacing = linger()
+
+            async def on_batch(records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
+                await spacing.before(len(records))
+                await handle_batch(records)
+                spacing.after(len(records))
+
+            return on_batch
 
         for member in range(consumers):
             subscriber = self.broker.subscriber(
@@ -161,7 +210,7 @@ class ServiceRuntime:
                 fetch_max_wait_ms=fetch.fetch_max_wait_ms,
                 heartbeat_interval_ms=heartbeat_interval_ms,
             )
-            subscriber(on_batch)
+            subscriber(member_handler())
 
     def app(
         self,

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from faststream import FastStream
@@ -40,7 +41,7 @@ from shared.bus import Decoded, EventGuard, Records, Rejected, publish_event
 from shared.clickhouse import ClickHouse, ClickHouseUnavailable, open_clickhouse
 from shared.errors import MalformedEventError
 from shared.grpc_server import Registration
-from shared.service import FetchSizes, Route, ServiceRuntime
+from shared.service import FetchSizes, LightTrafficLinger, Route, ServiceRuntime
 from shared.topics import (
     DOCUMENT_DELETED,
     DOCUMENT_INDEXED,
@@ -285,6 +286,11 @@ def create_app(
         consumers=settings.consumers,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         record_headers=False,  # handlers read the records' own headers; batch spans link no request
+        linger=(
+            partial(LightTrafficLinger, settings.light_traffic_linger_s, settings.light_traffic_below_records)
+            if settings.light_traffic_linger_s > 0
+            else None
+        ),
         fetch=FetchSizes(
             fetch_max_bytes=settings.fetch_max_bytes,
             max_partition_fetch_bytes=settings.max_partition_fetch_bytes,

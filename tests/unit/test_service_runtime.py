@@ -1,6 +1,7 @@
 """ServiceRuntime's batch consumers: a record that arrives after a quiet spell is handed over by the
 poll that is waiting, not after a blind sleep; several consumers of one process are members of its group;
-a bulk consumer's batch message leaves out the records' headers.
+a bulk consumer's batch message leaves out the records' headers; a lingering consumer spaces out its
+small batches.
 
 FastStream's batch subscriber polls with getmany(timeout_ms=batch_timeout_ms) and sleeps
 batch_timeout_ms after a poll that came back empty. The fake consumer below behaves like aiokafka's
@@ -20,7 +21,7 @@ from faststream.kafka.parser import AioKafkaBatchParser
 from llmops.query.v1.events_pb2 import QueryRequested
 
 from shared.bus import BATCH_POLL_TIMEOUT_MS, headerless_batch
-from shared.service import Route, ServiceRuntime
+from shared.service import LightTrafficLinger, Route, ServiceRuntime
 from shared.settings import ServiceSettings
 
 QUIET_S = 0.3  # longer than FastStream's default poll timeout (200 ms)
@@ -138,3 +139,55 @@ def test_a_bulk_consumer_takes_the_headerless_parser() -> None:
         # FastStream composes a subscriber's parser with its own (ParserComposition): ours gets both
         parsers.append(subscriber._call_options.parser)
     assert parsers == [headerless_batch, None]
+
+
+class _Clock:
+    """A clock that only the fake sleep moves, so the linger's waits are read, not timed."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+async def test_small_batches_are_spaced_and_large_ones_are_not() -> None:
+    clock = _Clock()
+    linger = LightTrafficLinger(2.0, below_records=100, clock=clock, sleep=clock.sleep)
+    await linger.before(5)  # the first small batch: nothing to space it from
+    linger.after(5)
+    clock.now += 0.5
+    await linger.before(7)  # 0.5 s after a small batch: waits out the other 1.5 s
+    assert clock.slept == [1.5]
+    linger.after(7)
+    clock.now += 3.0
+    await linger.before(3)  # more than 2 s after: goes at once
+    assert clock.slept == [1.5]
+    linger.after(3)
+    await linger.before(500)  # a large batch never waits, even right after a small one
+    linger.after(500)
+    await linger.before(2)  # the tail after a large batch (a backlog's end) goes at once
+    assert clock.slept == [1.5]
+    linger.after(2)
+    await linger.before(2)  # and the next small one is spaced again
+    assert clock.slept == [1.5, 2.0]
+
+
+def test_each_consumer_lingers_on_its_own() -> None:
+    made: list[LightTrafficLinger] = []
+
+    def linger() -> LightTrafficLinger:
+        made.append(LightTrafficLinger(2.0, below_records=100))
+        return made[-1]
+
+    runtime = ServiceRuntime(ServiceSettings(service_name="probe", group_id="probe"))
+    routes = {"probe.a": Route(QueryRequested, _noop)}
+    runtime.consume_routes(routes, max_records=32, title="probe", consumers=2, linger=linger)
+    subscribers: list[Any] = list(runtime.broker.subscribers)
+    handlers = {subscriber.calls[0].handler._original_call for subscriber in subscribers}
+    assert len(made) == 2 and len(handlers) == 2  # one spacing per member: members never wait on each other
